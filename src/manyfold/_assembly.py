@@ -1,0 +1,282 @@
+"""The assembly: encoder + router + experts + generalist + escalation policy.
+
+Composition by injection: the assembly receives its parts as objects and only
+wires them together. ``predict`` runs, per batch:
+
+1. encode (once, shared by router and experts);
+2. route: the router's ``p(expert | x)``, top-k experts, renormalised weights;
+3. experts: each selected expert scores the rows routed to it; the assembly's
+   ``p(label | x) = sum_k w_k * p_k(label | x)`` (soft mixture of experts);
+4. stage-1 out-of-scope score from confidence signals (calibrated);
+5. escalation (an explicit, counted decision): low confidence or possible
+   out-of-scope goes to the generalist, whose answer is fused with the
+   experts' and re-scored for out-of-scope.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._config import AssemblyConfig
+from ._exceptions import ConfigError, GeneralistError, NotFittedError
+from ._features import confidence_features
+from ._prediction import Prediction
+from ._validation import check_items
+from .routers import top_k
+
+__all__ = ["Assembly", "StageOutput"]
+
+
+class StageOutput:
+    """Array outputs of one ``predict`` pass (for evaluation and benchmarks)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+class Assembly:
+    """Many small experts behind a router, with a big generalist behind them.
+
+    Parameters: ``encoder`` (an Encoder), ``router`` (a Router), ``experts`` (a
+    list of experts), ``generalist`` (or None), ``config`` (AssemblyConfig).
+    ``fit`` (see :mod:`manyfold._fit`) trains what is not yet trained and
+    calibrates the escalation policy on a validation split.
+    """
+
+    def __init__(self, encoder: Any, router: Any, experts: Sequence[Any], generalist: Any = None,
+                 config: AssemblyConfig = AssemblyConfig()) -> None:
+        self.encoder = encoder
+        self.router = router
+        self.experts = list(experts)
+        self.generalist = generalist
+        self.config = config
+        names = [e.name for e in self.experts]
+        dup = [n for n, c in Counter(names).items() if c > 1]
+        if dup:
+            raise ConfigError(f"expert names must be unique; repeated: {dup}")
+        self.counters: Counter[str] = Counter()
+
+    # -- structure ------------------------------------------------------------
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def expert(self, name: str) -> Any:
+        from ._exceptions import ExpertNotFoundError
+
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise ExpertNotFoundError(name, self.expert_names)
+
+    def _check_ready(self) -> None:
+        if not hasattr(self, "policy_"):
+            raise NotFittedError("this Assembly is not fitted yet; call fit() (or load a saved one)")
+
+    def _layout(self) -> None:
+        """Index maps from the router's experts to ours and from expert labels to assembly labels."""
+        by_name = {e.name: e for e in self.experts}
+        missing = sorted(set(self.router.experts_.tolist()) - set(by_name))
+        if missing:
+            raise ConfigError(f"the router routes to experts that are not in the assembly: {missing}")
+        self.labels_ = np.array(sorted({lab for e in self.experts for lab in e.labels_.tolist()}), dtype=str)
+        index = {lab: i for i, lab in enumerate(self.labels_.tolist())}
+        self._route_experts = [by_name[n] for n in self.router.experts_.tolist()]
+        self._expert_cols = [np.array([index[lab] for lab in e.labels_.tolist()]) for e in self._route_experts]
+        self.label_to_expert_ = {lab: e.name for e in self._route_experts for lab in e.labels_.tolist()}
+
+    # -- the forward pass -----------------------------------------------------------
+    def _small_stage(self, X: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+        t0 = time.perf_counter()
+        pr = self.router.predict_proba(X)
+        idx, w = top_k(pr, top)
+        t1 = time.perf_counter()
+        proba = np.zeros((len(X), len(self.labels_)), np.float32)
+        for j in np.unique(idx):
+            rows, slot = np.nonzero(idx == j)
+            pe = self._route_experts[j].predict_proba(X[rows])
+            proba[rows[:, None], self._expert_cols[j][None, :]] += w[rows, slot][:, None] * pe
+        t2 = time.perf_counter()
+        return pr, idx, w, proba, {"route": t1 - t0, "experts": t2 - t1}
+
+    def _fuse(self, proba: np.ndarray, pg_in: np.ndarray) -> np.ndarray:
+        a = self.policy_["fusion_weight"]
+        z = (1 - a) * np.log(np.clip(proba, 1e-9, 1)) + a * np.log(np.clip(pg_in, 1e-9, 1))
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(1, keepdims=True)
+
+    def _generalist_inscope(self, pg: np.ndarray) -> np.ndarray:
+        """The generalist's probabilities over the assembly's labels (renormalised)."""
+        cols = self._generalist_cols
+        out = np.full((len(pg), len(self.labels_)), 1e-9, np.float32)
+        ok = cols >= 0
+        out[:, ok] = pg[:, cols[ok]]
+        return out / out.sum(1, keepdims=True)
+
+    def forward(self, X: np.ndarray, items: Sequence[Any] | None = None, *, escalate: bool = True,
+                top: int | None = None, generalist_signals: Any = None) -> StageOutput:
+        """Array-level pass on encoded items ``X``. ``items`` are needed only to escalate."""
+        self._check_ready()
+        P = self.policy_
+        pr, idx, w, proba, times = self._small_stage(X, top or self.config.top_k)
+        F1 = np.concatenate([confidence_features(proba, X, self.centroids_), np.log(np.clip(pr.max(1, keepdims=True), 1e-9, 1))], 1)
+        oos1 = self.detector1_.predict_proba(F1)
+        conf = proba.max(1)
+        n = len(X)
+        esc = np.zeros(n, bool)
+        reason = np.array([None] * n, dtype=object)
+        final = proba.copy()
+        oos = oos1.copy()
+        is_oos = oos1 >= P["oos_threshold_small"]
+        degraded = np.zeros(n, bool)
+        times["generalist"] = 0.0
+        if escalate and self.generalist is not None:
+            low = conf < P["confidence_threshold"]
+            maybe_oos = oos1 >= P["escalate_oos_threshold"]
+            esc = low | maybe_oos
+            reason[low] = "low_confidence"
+            reason[maybe_oos] = "possible_out_of_scope"
+            rows = np.nonzero(esc)[0]
+            if len(rows):
+                t0 = time.perf_counter()
+                try:
+                    if generalist_signals is not None:
+                        pg, fg = generalist_signals(rows)
+                    else:
+                        if items is None:
+                            raise ConfigError("forward() needs the items to escalate to the generalist")
+                        pg, fg = self.generalist.signals([items[i] for i in rows])
+                except GeneralistError as exc:  # explicit, counted fallback: keep the experts' answer
+                    self.counters["generalist_failures"] += 1
+                    degraded[rows] = True
+                    reason[rows] = f"generalist_failed: {exc}"
+                    is_oos[rows] = oos1[rows] >= P["oos_threshold_small"]
+                else:
+                    final[rows] = self._fuse(proba[rows], self._generalist_inscope(pg))
+                    oos[rows] = self.detector2_.predict_proba(np.concatenate([F1[rows], fg], 1))
+                    is_oos[rows] = oos[rows] >= P["oos_threshold_escalated"]
+                times["generalist"] = time.perf_counter() - t0
+        self.counters["items"] += n
+        self.counters["escalated"] += int(esc.sum())
+        return StageOutput(router_proba=pr, expert_idx=idx, expert_w=w, proba=proba, final=final, oos_score=oos,
+                           oos_small=oos1, is_oos=is_oos, escalated=esc, reason=reason, degraded=degraded, times=times)
+
+    def predict(self, items: Sequence[Any], *, escalate: bool = True) -> list[Prediction]:
+        """One :class:`Prediction` per item."""
+        self._check_ready()
+        items = check_items(items, modality=getattr(self.encoder, "modality", None), max_chars=self.config.max_chars)
+        t0 = time.perf_counter()
+        X = self.encoder.encode(items)
+        t_enc = time.perf_counter() - t0
+        out = self.forward(X, items, escalate=escalate)
+        total = time.perf_counter() - t0
+        n = len(items)
+        per = {k: round(1e3 * v / n, 4) for k, v in {"encode": t_enc, **out.times, "total": total}.items()}
+        names = self.router.experts_
+        preds = []
+        for i in range(n):
+            j = int(out.final[i].argmax())
+            label = self.config.oos_label if out.is_oos[i] else str(self.labels_[j])
+            conf = float(out.oos_score[i]) if out.is_oos[i] else float(out.final[i, j])
+            preds.append(Prediction(
+                label=label, confidence=round(conf, 6),
+                experts=tuple(str(names[k]) for k in out.expert_idx[i]),
+                expert_weights=tuple(round(float(v), 6) for v in out.expert_w[i]),
+                escalated=bool(out.escalated[i]), reason=out.reason[i], oos_score=round(float(out.oos_score[i]), 6),
+                router_scores={str(names[k]): round(float(out.router_proba[i, k]), 6) for k in out.expert_idx[i]},
+                timings_ms=per, degraded=bool(out.degraded[i]),
+            ))
+        return preds
+
+    def predict_labels(self, X: np.ndarray, items: Sequence[Any] | None = None, *, escalate: bool = True) -> np.ndarray:
+        out = self.forward(X, items, escalate=escalate)
+        labels = self.labels_[out.final.argmax(1)].astype(object)
+        labels[out.is_oos] = self.config.oos_label
+        return labels.astype(str)
+
+    def __repr__(self) -> str:
+        g = type(self.generalist).__name__ if self.generalist is not None else None
+        return (f"Assembly(encoder={getattr(self.encoder, 'id', self.encoder)!r}, router={type(self.router).__name__}, "
+                f"experts={len(self.experts)}, generalist={g})")
+
+
+def _fit(self: Assembly, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any], val_labels: Any, *,
+         label_to_expert: dict[str, str] | None = None, show_progress: bool = False) -> Assembly:
+    """Fit what is not fitted yet (experts, generalist), then the router and the escalation policy; returns self."""
+    from ._fit import fit_assembly
+
+    return fit_assembly(self, train_items, train_labels, val_items, val_labels,
+                        label_to_expert=label_to_expert, show_progress=show_progress)
+
+
+Assembly.fit = _fit  # type: ignore[attr-defined]
+
+
+def _change_experts(self: Assembly, experts: list[Any], new: dict[str, str], data: tuple[Any, Any, Any, Any],
+                    show_progress: bool) -> Assembly:
+    from ._fit import fit_assembly
+
+    old = self.experts
+    self.experts = experts
+    try:
+        fit_assembly(self, *data, label_to_expert=new, show_progress=show_progress)
+    except BaseException:
+        self.experts = old
+        raise
+    return self
+
+
+def _add_expert(self: Assembly, expert: Any, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any],
+                val_labels: Any, *, labels: Sequence[str] | None = None, show_progress: bool = False) -> Assembly:
+    """Add one expert; only the router and the policy are refitted, the other experts stay as they are.
+
+    ``expert`` is fitted here unless it already is; ``labels`` (default: its
+    fitted ``labels_``) are the labels it owns. The data must cover every
+    expert's labels (the router learns to tell them apart) and may hold
+    out-of-scope items.
+    """
+    from .experts import check_name
+
+    check_name(expert.name)
+    if expert.name in self.expert_names:
+        raise ConfigError(f"an expert named {expert.name!r} is already in the assembly; use replace_expert")
+    owned = list(labels) if labels is not None else list(getattr(expert, "labels_", []))
+    if not owned:
+        raise ConfigError(f"say which labels the new expert {expert.name!r} owns (labels=...)")
+    taken = sorted(set(owned) & set(getattr(self, "label_to_expert_", {})))
+    if taken:
+        raise ConfigError(f"labels {taken[:5]} already belong to other experts")
+    return _change_experts(self, [*self.experts, expert], {lab: expert.name for lab in owned},
+                           (train_items, train_labels, val_items, val_labels), show_progress)
+
+
+def _replace_expert(self: Assembly, name: str, expert: Any, train_items: Sequence[Any], train_labels: Any,
+                    val_items: Sequence[Any], val_labels: Any, *, show_progress: bool = False) -> Assembly:
+    """Swap expert ``name`` for ``expert`` (fitted here on the old one's labels if unfitted)."""
+    old = self.expert(name)
+    experts = [expert if e.name == name else e for e in self.experts]
+    if expert.name != name and expert.name in self.expert_names:
+        raise ConfigError(f"an expert named {expert.name!r} is already in the assembly")
+    return _change_experts(self, experts, {lab: expert.name for lab in old.labels_.tolist()},
+                           (train_items, train_labels, val_items, val_labels), show_progress)
+
+
+def _remove_expert(self: Assembly, name: str, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any],
+                   val_labels: Any, *, show_progress: bool = False) -> Assembly:
+    """Remove expert ``name``; the router is refitted over the experts that remain."""
+    self.expert(name)
+    if len(self.experts) == 1:
+        raise ConfigError(f"cannot remove {name!r}: it is the assembly's only expert")
+    return _change_experts(self, [e for e in self.experts if e.name != name], {},
+                           (train_items, train_labels, val_items, val_labels), show_progress)
+
+
+Assembly.add_expert = _add_expert  # type: ignore[attr-defined]
+Assembly.replace_expert = _replace_expert  # type: ignore[attr-defined]
+Assembly.remove_expert = _remove_expert  # type: ignore[attr-defined]
