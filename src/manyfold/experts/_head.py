@@ -136,7 +136,8 @@ class HeadExpert(BaseEstimator):
         return softmax(self._logits(X) / self.temperature_)
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.labels_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)
+        return self.labels_[proba.argmax(1)]
 
     # -- persistence ------------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -92,7 +92,8 @@ class Router(BaseEstimator):
         return out
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.experts_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)
+        return self.experts_[proba.argmax(1)]
 
     def route(self, X: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Top-k expert indices and renormalised weights per row."""

@@ -1,0 +1,173 @@
+"""Admin operations: loading, hot-swapping and reconfiguring the served assembly.
+
+Every operation builds the new assembly off to the side (in a thread) and
+then swaps it in with :meth:`Engine.swap`; the old one keeps answering until
+then and finishes the batches it started. One operation runs at a time (a
+second one gets :class:`BusyError`, served as 409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from .._exceptions import ConfigError, ManyfoldError
+from ._config import ServeConfig
+from ._engine import Engine
+
+__all__ = ["Controller", "BusyError", "NoRegistryError"]
+
+log = logging.getLogger("manyfold.serve")
+
+
+class BusyError(ManyfoldError, RuntimeError):
+    """Another reload or reconfiguration is running."""
+
+
+class NoRegistryError(ManyfoldError, RuntimeError):
+    """The operation needs something this server was not configured with (a registry name, a dataset)."""
+
+
+def _clone(asm: Any) -> Any:
+    """A copy that shares the encoder, experts and generalist but owns its router and policy (refits touch only those)."""
+    new = copy.copy(asm)
+    new.router = copy.deepcopy(asm.router)
+    new.experts = list(asm.experts)
+    new.counters = Counter()
+    new.policy_ = dict(asm.policy_)
+    return new
+
+
+class Controller:
+    """Loads, reloads and reconfigures the assembly behind ``engine``; ``state`` is shown by ``/readyz``."""
+
+    def __init__(self, config: ServeConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.metrics = engine.metrics
+        self.state: dict[str, Any] = {"state": "idle", "error": None}
+        self._lock = asyncio.Lock()
+        self._dataset: Any = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def registry(self) -> Any:
+        from .._registry import Registry
+
+        return Registry(self.config.registry_root)
+
+    # -- loading ------------------------------------------------------------------
+    def _load(self, version: int | None) -> tuple[Any, int]:
+        name = self.config.registry_name
+        if name is None:
+            raise NoRegistryError("this server serves an Assembly object with no registry name (ServeConfig.name)")
+        asm = self.registry().load(name, version, cache=self.config.embedding_cache)
+        return asm, int(asm.manifest_["version"])
+
+    async def start(self) -> None:
+        """Serve the configured assembly: at once for an object, in the background for a registry name."""
+        if not isinstance(self.config.assembly, str):
+            if not self.engine.ready:
+                self.engine.swap(self.config.assembly, self.config.version)
+            return
+        self.spawn(self.reload(self.config.version))
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # errors are in self.state and the log
+        return task
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _run(self, what: str, fn: Any, *args: Any) -> tuple[Any, int | None]:
+        if self._lock.locked():
+            raise BusyError(f"another reload or expert change is running ({self.state.get('what')}); retry when it ends")
+        async with self._lock:
+            self.state = {"state": "loading", "what": what, "error": None}
+            try:
+                asm, version = await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                self.metrics.reloads.labels("failed").inc()
+                self.state = {"state": "failed", "what": what, "error": f"{type(exc).__name__}: {exc}"}
+                log.error("%s failed: %s: %s (still serving version %s)", what, type(exc).__name__, exc, self.engine.version)
+                raise
+            self.engine.swap(asm, version)
+            self.metrics.reloads.labels("ok").inc()
+            self.state = {"state": "idle", "what": what, "error": None, "version": version}
+            log.info("%s done: now serving version %s", what, version)
+            return asm, version
+
+    async def reload(self, version: int | None) -> int | None:
+        """Load ``version`` (default latest) and swap it in."""
+        _, v = await self._run(f"reload to version {version or 'latest'}", self._load, version)
+        return v
+
+    # -- expert changes -------------------------------------------------------------
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            ds = self.config.dataset
+            if ds is None:
+                raise NoRegistryError("adding or removing experts refits the router on the training data, and this "
+                                      "server has none: start it with ServeConfig.dataset (or reload a saved version)")
+            if isinstance(ds, str):
+                from ..data import load_dataset
+
+                ds = load_dataset(ds, self.config.data_dir)
+            self._dataset = ds
+        return self._dataset
+
+    def _base(self, asm: Any) -> tuple[list[Any], np.ndarray, list[Any], np.ndarray]:
+        ds = self.dataset()
+        keep = set(asm.labels_.tolist()) | {asm.config.oos_label}
+        out: list[Any] = []
+        for split in ("train", "val"):
+            s = ds.split(split)
+            idx = np.nonzero(np.isin(s.labels, list(keep)))[0]
+            out += [[s.items[i] for i in idx], s.labels[idx]]
+        return out[0], out[1], out[2], out[3]
+
+    def _save(self, asm: Any, note: str) -> int | None:
+        name = self.config.registry_name
+        if name is None or not self.config.save_changes:
+            return None
+        return self.registry().save(asm, name, note=note)
+
+    def _add(self, req: Any) -> tuple[Any, int | None]:
+        from ..experts import HeadExpert
+
+        asm = self.engine.asm
+        tr_x, tr_y, va_x, va_y = self._base(asm)
+        tr_x += [t for t, _ in req.train]
+        va_x += [t for t, _ in req.val]
+        tr_y = np.concatenate([tr_y, np.array([lab for _, lab in req.train], dtype=str)])
+        va_y = np.concatenate([va_y, np.array([lab for _, lab in req.val], dtype=str)])
+        new = _clone(asm)
+        new.add_expert(HeadExpert(req.name, kind=req.kind, domain=req.name, description="added over HTTP"),
+                       tr_x, tr_y, va_x, va_y, labels=list(req.labels))
+        return new, self._save(new, f"serve: added expert {req.name}")
+
+    def _remove(self, name: str) -> tuple[Any, int | None]:
+        asm = self.engine.asm
+        asm.expert(name)  # ExpertNotFoundError before any work
+        new = _clone(asm)
+        new.remove_expert(name, *self._base(asm))
+        return new, self._save(new, f"serve: removed expert {name}")
+
+    async def add_expert(self, req: Any) -> tuple[Any, int | None]:
+        if req.name in self.engine.asm.expert_names:
+            raise ConfigError(f"an expert named {req.name!r} is already in the assembly")
+        self.dataset()
+        return await self._run(f"add expert {req.name}", self._add, req)
+
+    async def remove_expert(self, name: str) -> tuple[Any, int | None]:
+        self.engine.asm.expert(name)
+        self.dataset()
+        return await self._run(f"remove expert {name}", self._remove, name)

@@ -1,0 +1,84 @@
+"""Frozen configuration of the HTTP server (a plain dataclass: no web framework needed to build one)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .._exceptions import ConfigError
+
+__all__ = ["ServeConfig", "ADMIN_TOKEN_ENV"]
+
+#: environment variable read for the admin bearer token when ``ServeConfig.admin_token`` is None
+ADMIN_TOKEN_ENV = "MANYFOLD_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How :func:`manyfold.serve.create_app` serves an assembly.
+
+    - ``assembly``: a registry name (loaded at start-up, in the background) or an
+      :class:`~manyfold.Assembly` object (served as given; handy in tests).
+    - ``version``: the registry version to load (default: the latest).
+    - ``name``: the registry name used by reloads and expert changes when
+      ``assembly`` is an object (default: ``assembly`` when it is a name).
+    - ``registry_root``: registry directory (default ``$MANYFOLD_HOME/registry``).
+    - ``admin_token``: bearer token of the admin endpoints (default: the
+      ``MANYFOLD_ADMIN_TOKEN`` environment variable; with neither, admin is off).
+    - ``max_batch_size``: most items one micro-batch gathers (one request larger
+      than this runs alone); ``max_wait_ms``: how long the batcher waits for more
+      requests after the first; ``max_queue``: requests waiting or running
+      before new ones get 503; ``micro_batching``: off runs each request on its own.
+    - ``request_timeout_s``: a request not answered by then gets 504.
+    - ``max_items_per_request`` (422 beyond), ``max_body_bytes`` (413 beyond).
+    - ``dataset``: a :class:`~manyfold.Dataset` (or a dataset name, loaded from
+      ``data_dir``) whose train/val splits refit the router when experts are
+      added or removed over HTTP; without it those endpoints answer 409.
+    - ``save_changes``: save reconfigured assemblies as a new registry version.
+    - ``embedding_cache``: load with the on-disk embedding cache (off by
+      default: served texts are mostly new, and the cache writes one shard per
+      batch of new texts).
+    """
+
+    assembly: Any
+    version: int | None = None
+    name: str | None = None
+    registry_root: str | None = None
+    admin_token: str | None = None
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    request_timeout_s: float = 30.0
+    max_items_per_request: int = 256
+    max_body_bytes: int = 1 << 20
+    micro_batching: bool = True
+    dataset: Any = None
+    data_dir: str | None = None
+    save_changes: bool = True
+    embedding_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if self.assembly is None or (isinstance(self.assembly, str) and not self.assembly):
+            raise ConfigError("ServeConfig.assembly must be a registry name or an Assembly")
+        if not isinstance(self.assembly, str) and not hasattr(self.assembly, "forward"):
+            raise ConfigError(f"ServeConfig.assembly must be a registry name or an Assembly, got {type(self.assembly).__name__}")
+        for f in ("max_batch_size", "max_queue", "max_items_per_request", "max_body_bytes"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"ServeConfig.{f} must be a positive integer, got {v!r}")
+        for f in ("max_wait_ms", "request_timeout_s"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or v < 0 or (f == "request_timeout_s" and v == 0):
+                raise ConfigError(f"ServeConfig.{f} must be a positive number, got {v!r}")
+        if self.version is not None and (not isinstance(self.version, int) or self.version < 1):
+            raise ConfigError(f"ServeConfig.version must be a positive integer, got {self.version!r}")
+
+    @property
+    def registry_name(self) -> str | None:
+        """The registry name reloads and expert changes use (None: not served from a registry)."""
+        return self.assembly if isinstance(self.assembly, str) else self.name
+
+    def resolved_admin_token(self) -> str | None:
+        """The admin token: the configured one, else ``$MANYFOLD_ADMIN_TOKEN``, else None (admin off)."""
+        return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None

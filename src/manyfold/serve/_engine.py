@@ -1,0 +1,216 @@
+"""The engine: runs one batch of items through the assembly being served, with fallbacks and metrics.
+
+It holds the current assembly; :meth:`Engine.swap` replaces it atomically (one
+reference assignment). A batch takes its snapshot of the assembly when it
+starts, so a batch in flight finishes on the assembly it began with.
+
+Failures are never swallowed: an expert that raises has its items answered
+by the generalist (``reason="expert_failed: <name>"``, counted in
+``manyfold_expert_failures`` / ``manyfold_expert_fallback_items``); a
+generalist that fails leaves the experts' answer flagged ``degraded`` (done by
+the assembly, counted here in ``manyfold_generalist_failures``); an item no
+part could answer gets an exception, which its request turns into an error
+status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._exceptions import GeneralistError, ManyfoldError
+from .._prediction import Prediction
+from ..routers import top_k
+from ._metrics import ServeMetrics
+
+__all__ = ["Engine", "PipelineError"]
+
+log = logging.getLogger("manyfold.serve")
+
+
+class PipelineError(ManyfoldError, RuntimeError):
+    """No part of the assembly could answer an item (e.g. its expert and the generalist both failed)."""
+
+
+def _predictions(asm: Any, out: Any, per: dict[str, float]) -> list[Prediction]:
+    """Turn a :class:`StageOutput` into predictions (the same fields as ``Assembly.predict``)."""
+    names = asm.router.experts_
+    preds = []
+    for i in range(len(out.final)):
+        j = int(out.final[i].argmax())
+        label = asm.config.oos_label if out.is_oos[i] else str(asm.labels_[j])
+        conf = float(out.oos_score[i]) if out.is_oos[i] else float(out.final[i, j])
+        preds.append(Prediction(
+            label=label, confidence=round(conf, 6),
+            experts=tuple(str(names[k]) for k in out.expert_idx[i]),
+            expert_weights=tuple(round(float(v), 6) for v in out.expert_w[i]),
+            escalated=bool(out.escalated[i]), reason=out.reason[i], oos_score=round(float(out.oos_score[i]), 6),
+            router_scores={str(names[k]): round(float(out.router_proba[i, k]), 6) for k in out.expert_idx[i]},
+            timings_ms=dict(per), degraded=bool(out.degraded[i]),
+        ))
+    return preds
+
+
+class Engine:
+    """The assembly being served (``asm``, ``version``) and the batch pass over it."""
+
+    def __init__(self, metrics: ServeMetrics, asm: Any = None, version: int | None = None) -> None:
+        self.metrics = metrics
+        self.asm: Any = None
+        self.version: int | None = None
+        if asm is not None:
+            self.swap(asm, version)
+
+    @property
+    def ready(self) -> bool:
+        return self.asm is not None
+
+    def swap(self, asm: Any, version: int | None) -> None:
+        """Serve ``asm`` from the next batch on (batches in flight keep the one they started with)."""
+        self.asm, self.version = asm, version
+        self.metrics.version.set(version or 0)
+
+    # -- one batch ------------------------------------------------------------------
+    def run_batch(self, items: Sequence[str], escalate: Sequence[bool]) -> list[Prediction | BaseException]:
+        """Answer ``items`` with ONE encoder batch; per item a Prediction, or the exception that stopped it.
+
+        ``escalate[i]`` says whether item ``i`` may go to the generalist. Runs in
+        a worker thread (blocking, CPU-bound).
+        """
+        asm = self.asm  # the snapshot this batch runs on
+        m = self.metrics
+        n = len(items)
+        m.batch_size.observe(n)
+        t0 = time.perf_counter()
+        try:
+            X = asm.encoder.encode(list(items))
+        except Exception as exc:  # the encoder failed: nobody can answer these items
+            log.exception("encoder failed on a batch of %d items", n)
+            m.batch_errors.labels(type(exc).__name__).inc(n)
+            return [exc] * n
+        t_enc = time.perf_counter() - t0
+        results: list[Prediction | BaseException] = [PipelineError("not answered")] * n
+        esc = np.asarray(escalate, bool)
+        for flag in (True, False):
+            rows = np.nonzero(esc == flag)[0]
+            if len(rows):
+                part = self._forward(asm, X[rows], [items[i] for i in rows], flag, t_enc * len(rows) / n, n)
+                for r, p in zip(rows.tolist(), part):
+                    results[r] = p
+        m.stage_latency.labels("encode").observe(t_enc)
+        m.stage_latency.labels("batch_total").observe(time.perf_counter() - t0)
+        return results
+
+    def _forward(self, asm: Any, X: np.ndarray, items: list[str], escalate: bool, t_enc: float,
+                 batch_n: int) -> list[Prediction | BaseException]:
+        t0 = time.perf_counter()
+        try:
+            out = asm.forward(X, items, escalate=escalate)
+        except GeneralistError:  # the assembly handles these itself; anything else here is a bug upstream
+            raise
+        except Exception as exc:
+            return self._expert_fallback(asm, X, items, escalate, exc, t_enc, batch_n)
+        self._count(asm, out)
+        total = t_enc + time.perf_counter() - t0
+        per = {k: round(1e3 * v / len(items), 4) for k, v in {"encode": t_enc, **out.times, "total": total}.items()}
+        per["batch_items"] = float(batch_n)
+        return list(_predictions(asm, out, per))
+
+    def _count(self, asm: Any, out: Any) -> None:
+        m = self.metrics
+        m.observe_stages(out.times)
+        m.items.inc(len(out.final))
+        names = asm.router.experts_
+        for i in np.nonzero(out.escalated)[0].tolist():
+            reason = str(out.reason[i] or "")
+            reason = "generalist_failed" if reason.startswith("generalist_failed") else reason
+            m.escalations.labels(str(names[out.expert_idx[i, 0]]), reason).inc()
+        if out.degraded.any():
+            m.generalist_failures.inc()
+            m.degraded_items.inc(int(out.degraded.sum()))
+
+    # -- fallback: an expert raised -----------------------------------------------
+    def _expert_fallback(self, asm: Any, X: np.ndarray, items: list[str], escalate: bool, exc: BaseException,
+                         t_enc: float, batch_n: int) -> list[Prediction | BaseException]:
+        """Find the experts that raise; their items go to the generalist, the others run again without them."""
+        m = self.metrics
+        n = len(items)
+        try:
+            pr = asm.router.predict_proba(X)
+            idx, w = top_k(pr, asm.config.top_k)
+        except Exception as rexc:  # the router itself failed: nobody can answer
+            log.exception("router failed")
+            m.batch_errors.labels(type(rexc).__name__).inc(n)
+            return [rexc] * n
+        names = asm.router.experts_
+        failed: dict[int, BaseException] = {}
+        for j in np.unique(idx).tolist():
+            rows = np.nonzero((idx == j).any(1))[0]
+            try:
+                asm._route_experts[j].predict_proba(X[rows])
+            except Exception as e:
+                failed[j] = e
+                m.expert_failures.labels(str(names[j])).inc()
+                log.error("expert %r raised %s: %s; its items go to the generalist", str(names[j]), type(e).__name__, e)
+        if not failed:  # not an expert's fault: report the original error for every item
+            log.error("the assembly raised %s: %s", type(exc).__name__, exc)
+            m.batch_errors.labels(type(exc).__name__).inc(n)
+            return [exc] * n
+        bad = np.isin(idx, list(failed)).any(1)
+        results: list[Prediction | BaseException] = [exc] * n
+        good = np.nonzero(~bad)[0]
+        if len(good):
+            part = self._forward(asm, X[good], [items[i] for i in good], escalate, t_enc * len(good) / n, batch_n)
+            for r, p in zip(good.tolist(), part):
+                results[r] = p
+        rows = np.nonzero(bad)[0]
+        for r, p in zip(rows.tolist(), self._generalist_only(asm, [items[i] for i in rows], pr[rows], idx[rows],
+                                                               w[rows], failed, t_enc * len(rows) / n, batch_n)):
+            results[r] = p
+        return results
+
+    def _generalist_only(self, asm: Any, items: list[str], pr: np.ndarray, idx: np.ndarray, w: np.ndarray,
+                         failed: dict[int, BaseException], t_enc: float, batch_n: int) -> list[Prediction | BaseException]:
+        m = self.metrics
+        names = asm.router.experts_
+        why = ", ".join(f"{names[j]} ({type(e).__name__}: {e})" for j, e in failed.items())
+        if asm.generalist is None:
+            err = PipelineError(f"expert failed and there is no generalist to fall back to: {why}")
+            m.batch_errors.labels("PipelineError").inc(len(items))
+            return [err] * len(items)
+        t0 = time.perf_counter()
+        try:
+            pg, _ = asm.generalist.signals(items)
+        except Exception as gexc:
+            m.generalist_failures.inc()
+            m.batch_errors.labels("PipelineError").inc(len(items))
+            log.error("generalist failed (%s) while standing in for failed experts: %s", gexc, why)
+            err = PipelineError(f"expert failed ({why}) and the generalist failed too ({type(gexc).__name__}: {gexc})")
+            return [err] * len(items)
+        t_gen = time.perf_counter() - t0
+        m.stage_latency.labels("generalist").observe(t_gen)
+        labels = asm.generalist.labels_
+        oos = asm.config.oos_label
+        p_oos = pg[:, labels == oos].sum(1) if (labels == oos).any() else np.zeros(len(items))
+        per = {"encode": round(1e3 * t_enc / len(items), 4), "route": 0.0, "experts": 0.0,
+               "generalist": round(1e3 * t_gen / len(items), 4),
+               "total": round(1e3 * (t_enc + t_gen) / len(items), 4), "batch_items": float(batch_n)}
+        out = []
+        for i in range(len(items)):
+            j = int(pg[i].argmax())
+            gone = [str(names[k]) for k in idx[i] if k in failed]
+            for g in gone:
+                m.expert_fallback_items.labels(g).inc()
+            m.escalations.labels(str(names[idx[i, 0]]), "expert_failed").inc()
+            out.append(Prediction(
+                label=str(labels[j]), confidence=round(float(pg[i, j]), 6),
+                experts=tuple(str(names[k]) for k in idx[i]), expert_weights=tuple(round(float(v), 6) for v in w[i]),
+                escalated=True, reason="expert_failed: " + ", ".join(gone), oos_score=round(float(p_oos[i]), 6),
+                router_scores={str(names[k]): round(float(pr[i, k]), 6) for k in idx[i]}, timings_ms=per,
+                degraded=False))
+        m.items.inc(len(items))
+        return out

@@ -1,0 +1,57 @@
+"""A pure ASGI middleware that refuses bodies over a byte limit with 413 before the app reads them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["BodySizeLimit"]
+
+
+class BodySizeLimit:
+    """413 for a request body over ``max_bytes`` (by ``Content-Length``, or counted while streaming)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send: Any, size: str) -> None:
+        body = json.dumps({"error": "too_large", "field": "body",
+                           "message": f"the request body is {size} bytes; the limit is {self.max_bytes} (max_body_bytes)"}
+                          ).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    n = int(v)
+                except ValueError:
+                    n = -1
+                if n > self.max_bytes:
+                    return await self._reject(send, str(n))
+        chunks, total, more = [], 0, True
+        while more:  # read (at most max_bytes + one chunk), then replay it to the app
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunks.append(msg.get("body", b""))
+            total += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if total > self.max_bytes:
+                return await self._reject(send, f"more than {self.max_bytes}")
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)

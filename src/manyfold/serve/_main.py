@@ -1,0 +1,46 @@
+"""``serve_main``: the entry point ``manyfold serve NAME`` calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from .._exceptions import ConfigError, missing_dependency
+from ._config import ServeConfig
+
+__all__ = ["serve_main"]
+
+_FIELDS = {f.name for f in dataclasses.fields(ServeConfig)} - {"assembly", "registry_root"}
+
+
+def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: str | None = None, ray: bool = False,
+               *, log_level: str = "info", ray_expert_replicas: int = 1, ray_generalist_replicas: int = 1,
+               **opts: Any) -> None:
+    """Serve registry assembly ``name`` on ``host:port`` (blocks until interrupted).
+
+    ``registry``: registry root (default ``$MANYFOLD_HOME/registry``). ``opts``
+    are :class:`ServeConfig` fields (``version``, ``admin_token``,
+    ``max_batch_size``, ``max_wait_ms``, ``max_queue``, ``request_timeout_s``,
+    ``max_items_per_request``, ``max_body_bytes``, ``micro_batching``,
+    ``dataset``, ``data_dir``, ``save_changes``). ``ray=True`` deploys on Ray
+    Serve instead of uvicorn (experts and generalist as their own deployments).
+    """
+    unknown = sorted(set(opts) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown serve options {unknown}; valid: {sorted(_FIELDS)}")
+    config = ServeConfig(assembly=name, registry_root=registry, **opts)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ray:
+        from ._ray import run_ray
+
+        run_ray(config, host=host, port=port, expert_replicas=ray_expert_replicas,
+                generalist_replicas=ray_generalist_replicas)
+        return
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise missing_dependency("uvicorn", "serve", "manyfold serve") from exc
+    from . import create_app
+
+    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=False)

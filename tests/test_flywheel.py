@@ -1,0 +1,215 @@
+"""Tests of the flywheel: pool reading, big -> small distillation, growth, folding, the CLI entry point.
+
+Tiny data (CLINC150 ``subset(5)`` from ``$MANYFOLD_TEST_DATA``, default
+``<repo parent>/shared/data``) and the hashing encoders, so they run in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import manyfold
+from manyfold._exceptions import ConfigError, DataError
+from manyfold.flywheel import (
+    Flywheel,
+    distill,
+    distill_main,
+    expert_from_teacher,
+    fold,
+    pseudo_label,
+    read_pool,
+)
+
+SHARED = Path(os.environ.get("MANYFOLD_TEST_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
+ENC, GEN = "hashing", "hashing:dim=4096"
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+
+
+@pytest.fixture(scope="module")
+def ds():
+    if not (SHARED / "clinc150").is_dir():
+        pytest.skip(f"no CLINC150 copy under {SHARED}")
+    return manyfold.load_dataset("clinc150", SHARED).subset(5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def domains(ds):
+    return ds.domains[:3]
+
+
+def _restrict(split, labels):
+    return split.take(np.flatnonzero(np.isin(split.labels, labels)))
+
+
+@pytest.fixture()
+def asm(ds, domains, tmp_path, monkeypatch):
+    monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path))
+    return manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
+
+
+def _data(ds, domains):
+    labels = [lab for d in domains for lab in ds.labels_of(d)] + [manyfold.OOS_LABEL]
+    return _restrict(ds.split("train"), labels), _restrict(ds.split("val"), labels), labels
+
+
+class _Oracle:
+    """A teacher that knows the answers: probability ``conf`` on the true label (items -> label map)."""
+
+    def __init__(self, answers: dict[str, str], labels: list[str], conf: float = 0.95) -> None:
+        self.answers, self.labels_, self.conf = answers, np.array(sorted(labels)), conf
+
+    def predict_proba(self, items):
+        index = {lab: i for i, lab in enumerate(self.labels_.tolist())}
+        P = np.full((len(items), len(self.labels_)), (1 - self.conf) / (len(self.labels_) - 1))
+        for r, it in enumerate(items):
+            P[r, index[self.answers[it]]] = self.conf
+        return P
+
+
+# -- read_pool -----------------------------------------------------------------------------------------------------
+def test_read_pool_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("what is my balance\n\n  transfer money \n")
+    assert read_pool(tmp_path / "a.txt") == ["what is my balance", "  transfer money "]
+    (tmp_path / "b.jsonl").write_text('{"text": "hi"}\n\n{"item": "yo", "x": 1}\n{"items": ["a", "b"]}\n{"text": "hi"}\n')
+    assert read_pool(tmp_path / "b.jsonl") == ["hi", "yo", "a", "b", "hi"]
+    assert read_pool(tmp_path / "b.jsonl", unique=True) == ["hi", "yo", "a", "b"]
+    (tmp_path / "log").write_text('{"text": "sniffed as jsonl"}\n')
+    assert read_pool(tmp_path / "log") == ["sniffed as jsonl"]
+
+
+@pytest.mark.parametrize("body, line, msg", [
+    ('{"text": "ok"}\n{"text": \n', 2, "not valid JSON"),
+    ('{"text": "ok"}\n\n{"label": "x"}\n', 3, "no 'text'"),
+    ('{"text": 3}\n', 1, "must hold strings"),
+    ('{"text": "  "}\n', 1, "empty string"),
+    ('["text"]\n', 1, "expected a JSON object"),
+    ('{"items": "a"}\n', 1, "must be a list"),
+])
+def test_read_pool_bad_lines_name_the_line(tmp_path, body, line, msg):
+    p = tmp_path / "pool.jsonl"
+    p.write_text(body)
+    with pytest.raises(DataError, match=rf"pool.jsonl:{line}: .*{msg}"):
+        read_pool(p)
+
+
+def test_read_pool_missing_and_empty(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        read_pool(tmp_path / "nope.txt")
+    (tmp_path / "e.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="no items"):
+        read_pool(tmp_path / "e.txt")
+
+
+# -- pseudo-labels ---------------------------------------------------------------------------------------------------
+def test_pseudo_label_keeps_confident_in_scope_answers():
+    t = _Oracle({"a": "x", "b": "out_of_scope", "c": "y"}, ["x", "y", "out_of_scope"], conf=0.95)
+    idx, lab, conf = pseudo_label(t, ["a", "b", "c"], min_confidence=0.9)
+    assert idx.tolist() == [0, 2] and lab.tolist() == ["x", "y"] and np.allclose(conf, 0.95)
+    assert pseudo_label(t, ["a", "c"], min_confidence=0.96)[0].tolist() == []
+    assert pseudo_label(t, ["a", "c"], allowed=["y"])[1].tolist() == ["y"]
+    with pytest.raises(ConfigError):
+        pseudo_label(t, ["a"], min_confidence=1.5)
+
+
+# -- big -> small ----------------------------------------------------------------------------------------------------
+def test_distill_adds_pseudo_labelled_data_and_lineage(ds, domains, asm):
+    train, val, labels = _data(ds, domains)
+    test = _restrict(ds.split("test"), labels)
+    answers = dict(zip(test.items, test.labels.tolist()))
+    teacher = _Oracle(answers, sorted(set(labels)))
+    before = {e.name: e.card_.lineage["n_train"] for e in asm.experts}
+    rep = distill(asm, test.items, train_items=train.items, train_labels=train.labels, val_items=val.items,
+                  val_labels=val.labels, teacher=teacher, min_confidence=0.9, rounds=2)
+    assert [r.round for r in rep.rounds] == [1, 2]
+    n_in = int((test.labels != manyfold.OOS_LABEL).sum())
+    assert sum(r.n_confident for r in rep.rounds) == n_in
+    assert len(rep.pseudo_items) == sum(r.n_new for r in rep.rounds) > 0
+    assert np.array_equal(rep.pseudo_labels, np.array([answers[i] for i in rep.pseudo_items]))
+    for e in asm.experts:
+        n_mine = int(np.isin(rep.pseudo_labels, e.labels_).sum())
+        lin = e.card_.lineage
+        assert n_mine > 0
+        assert lin["n_train"] == before[e.name] + n_mine
+        assert lin["n_pseudo"] == n_mine and lin["distill_round"] == 2 and lin["teacher"] == "_Oracle"
+    assert manyfold.evaluate(asm, test.items, test.labels)["in_scope_accuracy"] > 0
+
+
+def test_flywheel_with_generalist_teacher_and_budget(ds, domains, asm):
+    train, val, labels = _data(ds, domains)
+    test = _restrict(ds.split("test"), labels)
+    fw = Flywheel(asm, train.items, train.labels, val.items, val.labels, min_confidence=0.0, tune_budget=True)
+    rep = fw.step(test.items + train.items[:3])  # items already in the labelled data are not added again
+    assert rep.n_new == len(fw.pseudo_items) <= rep.n_confident
+    assert not set(fw.pseudo_items) & set(train.items)
+    assert "HeadGeneralist(hashing" in rep.teacher
+    assert 0.0 <= rep.escalation_budget <= manyfold.AssemblyConfig().max_escalation_rate
+    assert asm.config.max_escalation_rate == rep.escalation_budget
+
+
+def test_expert_from_teacher(ds, domains, asm):
+    train, _, _ = _data(ds, domains)
+    labels = ds.labels_of(domains[0])
+    answers = dict(zip(train.items, train.labels.tolist()))
+    expert, info = expert_from_teacher("fresh", asm.encoder, _Oracle(answers, sorted(set(answers.values()))),
+                                       train.items, labels)
+    mine = np.isin(train.labels, labels)
+    assert info["n_pseudo"] == int(mine.sum()) and expert.labels_.tolist() == sorted(labels)
+    assert expert.card_.lineage["source"] == "teacher_only"
+    X = asm.encoder.encode([train.items[i] for i in np.flatnonzero(mine)])
+    assert (expert.predict(X) == train.labels[mine]).mean() > 0.9  # it fits what it was taught
+
+
+# -- growth ----------------------------------------------------------------------------------------------------------
+def test_add_expert_leaves_other_experts_bit_identical(ds, domains, asm):
+    new = ds.domains[3]
+    train, val, _ = _data(ds, [*domains, new])
+    weights = {e.name: {k: v.copy() for k, v in e.params_.items()} for e in asm.experts}
+    asm.add_expert(manyfold.HeadExpert(new), train.items, train.labels, val.items, val.labels, labels=ds.labels_of(new))
+    assert new in asm.expert_names
+    for name, w in weights.items():
+        for k, v in w.items():
+            assert np.array_equal(v, asm.expert(name).params_[k])
+
+
+# -- small -> big ----------------------------------------------------------------------------------------------------
+def test_fold_agrees_with_assembly(ds, domains, asm):
+    train, val, labels = _data(ds, domains)
+    head = fold(asm, train.items, val_items=val.items, val_labels=val.labels)
+    assert head.labels_.tolist() == asm.labels_.tolist()
+    assert head.card_.lineage["source"] == "distilled" and head.card_.lineage["teacher"] == "assembly"
+    items = ds.split("test").items[:200] + train.items
+    X = asm.encoder.encode(items)
+    agree = (head.predict(X) == asm.labels_[asm.forward(X, items).final.argmax(1)]).mean()
+    assert agree > 0.8
+
+
+# -- CLI entry point -------------------------------------------------------------------------------------------------
+def test_distill_main_saves_a_new_version(ds, domains, asm, tmp_path, monkeypatch):
+    import manyfold.flywheel._cli as cli
+
+    reg = manyfold.Registry(tmp_path / "reg")
+    assert reg.save(asm, "demo") == 1
+    monkeypatch.setattr("manyfold.data.load_dataset", lambda name, data_dir=None: ds)
+    test = ds.split("test")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"text": t}) + "\n" for t in test.items))
+    lines: list[str] = []
+    assert distill_main("demo", pool, 0.0, reg, echo=lines.append) == 2
+    assert distill_main("demo", pool, 0.0, str(reg.root), echo=lines.append) == 3
+    assert "round 1" in lines[0] and any("round 2" in ln for ln in lines)
+    m = reg.manifest("demo")
+    fly = m["extra"]["flywheel"]
+    assert fly["round"] == 2 and fly["from_version"] == 2
+    items, labels = cli.load_pseudo(reg.root, fly)
+    assert len(items) == len(labels) == fly["n_pseudo"] > 0
+    loaded = reg.load("demo")
+    assert all(e.card_.lineage["distill_round"] == 2 for e in loaded.experts)

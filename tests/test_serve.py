@@ -1,0 +1,356 @@
+"""Functional tests of the HTTP API on a tiny real assembly (hashing encoder, no model download)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+
+import manyfold  # noqa: E402
+from manyfold import GeneralistError  # noqa: E402
+from manyfold.serve import ServeConfig, create_app  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+DATA = os.environ.get("MANYFOLD_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+TOKEN = "s3cret-admin"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("mfhome")
+    old = os.environ.get("MANYFOLD_HOME")
+    os.environ["MANYFOLD_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("MANYFOLD_HOME", None)
+    else:
+        os.environ["MANYFOLD_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def ds(home: Path):
+    if not (Path(DATA) / "clinc150").is_dir():
+        pytest.skip(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
+    return manyfold.load_dataset("clinc150", DATA).subset(5, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a small shared machine, thread oversubscription makes fitting ~8x slower."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def asm(ds):
+    return manyfold.assemble(ds, encoder="hashing", generalist="hashing:dim=4096")
+
+
+@pytest.fixture(scope="module")
+def texts(ds) -> list[str]:
+    return list(ds.split("test").items[:40])
+
+
+def _client(asm, **kw) -> TestClient:
+    return TestClient(create_app(ServeConfig(assembly=asm, admin_token=TOKEN, **kw)))
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+)$", line)
+            if m:
+                total += float(m.group(2))
+    return total
+
+
+class SlowEncoder:
+    """Wraps an encoder and sleeps before each batch (to fill queues and hit timeouts)."""
+
+    def __init__(self, enc, delay: float) -> None:
+        self.enc, self.delay = enc, delay
+        self.modality = getattr(enc, "modality", None)
+        self.calls: list[int] = []
+
+    def encode(self, items, **kw):
+        self.calls.append(len(items))
+        time.sleep(self.delay)
+        return self.enc.encode(items, **kw)
+
+
+def _variant(asm, **attrs):
+    new = copy.copy(asm)
+    for k, v in attrs.items():
+        setattr(new, k, v)
+    return new
+
+
+# -- inference --------------------------------------------------------------------------
+def test_predict_single_batch_route_experts(asm, texts):
+    with _client(asm) as c:
+        r = c.post("/v1/predict", json={"item": texts[0]})
+        assert r.status_code == 200, r.text
+        p = r.json()["predictions"][0]
+        want = asm.predict([texts[0]])[0]
+        assert p["label"] == want.label and p["escalated"] == want.escalated
+        assert set(p["timings_ms"]) >= {"encode", "route", "experts", "generalist", "total", "queue"}
+        assert p["out_of_scope"] == (p["label"] == "out_of_scope") and p["degraded"] is False
+        r = c.post("/v1/predict", json={"items": texts[:10]})
+        assert r.status_code == 200
+        assert [q["label"] for q in r.json()["predictions"]] == [q.label for q in asm.predict(texts[:10])]
+        r = c.post("/v1/route", json={"items": texts[:3], "k": 2})
+        assert r.status_code == 200
+        routes = r.json()["routes"]
+        assert len(routes) == 3 and all(len(x["experts"]) == 2 for x in routes)
+        assert routes[0]["experts"][0]["name"] == asm.predict([texts[0]])[0].experts[0]
+        r = c.get("/v1/experts")
+        assert r.status_code == 200 and {e["name"] for e in r.json()} == set(asm.expert_names)
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").json()["ready"] is True
+        assert c.get("/openapi.json").status_code == 200 and c.get("/docs").status_code == 200
+        m = c.get("/metrics")
+        assert m.status_code == 200 and "text/plain" in m.headers["content-type"]
+        assert _metric(m.text, "manyfold_http_requests_total", endpoint="/v1/predict", status="200") == 2
+        assert _metric(m.text, "manyfold_batch_size_items_count") >= 2
+        assert "manyfold_stage_duration_seconds_bucket" in m.text and "manyfold_queue_depth" in m.text
+
+
+def test_micro_batching_merges_concurrent_requests(asm, texts):
+    slow = SlowEncoder(asm.encoder, 0.05)
+    app = create_app(ServeConfig(assembly=_variant(asm, encoder=slow), max_wait_ms=50, max_batch_size=64))
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                rs = await asyncio.gather(*[c.post("/v1/predict", json={"item": t}) for t in texts[:16]])
+        return rs
+
+    rs = asyncio.run(go())
+    assert all(r.status_code == 200 for r in rs)
+    assert len(slow.calls) < 16 and max(slow.calls) > 1  # fewer encoder calls than requests
+
+
+# -- bad input: 4xx naming the field --------------------------------------------------------
+def test_bad_input_names_the_field(asm):
+    with _client(asm, max_items_per_request=4, max_body_bytes=5000) as c:
+        r = c.post("/v1/predict", json={"items": ["a"] * 5})
+        assert r.status_code == 422 and r.json()["field"] == "items"
+        r = c.post("/v1/predict", json={"items": ["ok", "x" * 2001]})
+        assert r.status_code == 422 and r.json()["field"] == "items.1"
+        r = c.post("/v1/predict", json={"items": ["ok", 3]})
+        assert r.status_code == 422 and r.json()["field"] == "items.1"
+        r = c.post("/v1/predict", json={"items": ["ok", "   "]})
+        assert r.status_code == 422 and r.json()["field"] == "items.1" and "whitespace" in r.json()["message"]
+        r = c.post("/v1/predict", content=b'{"items": ["\\ud800"]}', headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["field"] == "items.0"
+        r = c.post("/v1/predict", json={"items": []})
+        assert r.status_code == 422 and r.json()["field"] == "items"
+        r = c.post("/v1/predict", json={})
+        assert r.status_code == 422 and "items" in r.json()["message"]
+        r = c.post("/v1/predict", json={"item": "a", "bogus": 1})
+        assert r.status_code == 422 and r.json()["field"] == "bogus"
+        r = c.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["field"] == "body"
+        r = c.post("/v1/route", json={"item": "a", "k": 0})
+        assert r.status_code == 422 and r.json()["field"] == "k"
+        r = c.post("/v1/predict", json={"items": ["y" * 1500] * 4})
+        assert r.status_code == 413 and r.json()["field"] == "body"
+        m = c.get("/metrics").text
+        assert _metric(m, "manyfold_http_requests_total", status="413") == 1
+
+
+# -- admin ----------------------------------------------------------------------------
+def test_admin_auth(asm):
+    with _client(asm) as c:
+        assert c.delete("/v1/experts/banking").status_code == 401
+        assert c.delete("/v1/experts/banking", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert c.post("/v1/admin/reload", json={}).status_code == 401
+        assert c.post("/v1/admin/reload", json={}, headers={"Authorization": "Bearer x"}).status_code == 403
+        r = c.delete("/v1/experts/banking", headers=AUTH)  # authorised, but no dataset to refit the router on
+        assert r.status_code == 409 and "dataset" in r.json()["message"]
+        assert c.delete("/v1/experts/nope", headers=AUTH).status_code == 404
+
+
+def test_add_and_remove_expert(asm, ds, texts):
+    removed = asm.expert_names[0]
+    labels = [lab for lab in ds.labels if ds.domain_of(lab) == removed]
+    tr, va = ds.split("train"), ds.split("val")
+    pairs = lambda s: [[t, lab] for t, lab in zip(s.items, s.labels.tolist()) if lab in labels]  # noqa: E731
+    with _client(asm, dataset=ds, name="tiny") as c:
+        r = c.delete(f"/v1/experts/{removed}", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert removed not in r.json()["experts"]
+        assert removed not in {e["name"] for e in c.get("/v1/experts").json()}
+        assert c.post("/v1/predict", json={"items": texts[:5]}).status_code == 200
+        body = {"name": removed + "2", "labels": labels, "train": pairs(tr), "val": pairs(va)}
+        r = c.post("/v1/experts", json=body, headers=AUTH)
+        assert r.status_code == 201, r.text
+        assert removed + "2" in r.json()["experts"] and r.json()["version"] >= 2
+        r = c.post("/v1/experts", json={**body, "labels": ["zz"]}, headers=AUTH)
+        assert r.status_code == 422 and "train" in r.json()["message"]
+    assert removed in asm.expert_names  # the original object was never modified
+
+
+# -- overload and timeouts ---------------------------------------------------------------------
+def test_queue_full_503_and_timeout_504(asm, texts):
+    slow = _variant(asm, encoder=SlowEncoder(asm.encoder, 0.4))
+    app = create_app(ServeConfig(assembly=slow, max_queue=1, max_wait_ms=0, request_timeout_s=5))
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                return await asyncio.gather(*[c.post("/v1/predict", json={"item": t}) for t in texts[:6]])
+
+    codes = [r.status_code for r in asyncio.run(go())]
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}, codes
+    with _client(slow, request_timeout_s=0.1) as c:
+        r = c.post("/v1/predict", json={"item": texts[0]})
+        assert r.status_code == 504 and r.json()["error"] == "timeout"
+        assert _metric(c.get("/metrics").text, "manyfold_rejected_requests_total", reason="timeout") == 1
+    app2 = create_app(ServeConfig(assembly=slow, max_queue=1, micro_batching=False))
+
+    async def go2():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app2), base_url="http://t") as c:
+            return await asyncio.gather(*[c.post("/v1/predict", json={"item": t}) for t in texts[:3]])
+
+    codes = [r.status_code for r in asyncio.run(go2())]
+    assert sorted(codes) == [200, 503, 503]
+
+
+# -- failures: fallback, degraded, counted ----------------------------------------------------------
+class BoomExpert:
+    def __init__(self, e) -> None:
+        self.name, self.labels_ = e.name, e.labels_
+
+    def predict_proba(self, X):
+        raise RuntimeError("expert weights went missing")
+
+
+class BoomGeneralist:
+    def __init__(self, g) -> None:
+        self.labels_ = g.labels_
+
+    def signals(self, items):
+        raise GeneralistError("endpoint down")
+
+
+def test_expert_failure_falls_back_to_generalist(asm, texts):
+    X = asm.encoder.encode(texts)
+    top = asm.router.experts_[asm.forward(X, texts).expert_idx[:, 0]]
+    bad = str(top[0])
+    j = list(asm.router.experts_).index(bad)
+    routes = [*asm._route_experts]
+    routes[j] = BoomExpert(routes[j])
+    with _client(_variant(asm, _route_experts=routes)) as c:
+        r = c.post("/v1/predict", json={"items": texts})
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        hit = [p for p in preds if bad in p["experts"]]
+        assert hit and all(p["reason"] == f"expert_failed: {bad}" and p["escalated"] for p in hit)
+        assert all(not (p["reason"] or "").startswith("expert_failed") for p in preds if bad not in p["experts"])
+        m = c.get("/metrics").text
+        assert _metric(m, "manyfold_expert_failures_total", expert=bad) == 1
+        assert _metric(m, "manyfold_expert_fallback_items_total", expert=bad) == len(hit)
+    both = _variant(asm, _route_experts=routes, generalist=BoomGeneralist(asm.generalist))
+    with _client(both) as c:  # expert and generalist down: an error status, never a silent answer
+        r = c.post("/v1/predict", json={"item": texts[0]})
+        assert r.status_code == 503 and "generalist" in r.json()["message"]
+
+
+def test_generalist_failure_is_degraded_and_counted(asm, texts):
+    broken = _variant(asm, generalist=BoomGeneralist(asm.generalist), counters=copy.copy(asm.counters),
+                      policy_={**asm.policy_, "confidence_threshold": 2.0})  # escalate everything
+    with _client(broken) as c:
+        r = c.post("/v1/predict", json={"items": texts[:5]})
+        assert r.status_code == 200
+        preds = r.json()["predictions"]
+        assert all(p["degraded"] and p["reason"].startswith("generalist_failed") for p in preds)
+        m = c.get("/metrics").text
+        assert _metric(m, "manyfold_generalist_failures_total") == 1
+        assert _metric(m, "manyfold_degraded_items_total") == 5
+
+
+# -- hot swap -----------------------------------------------------------------------------
+def test_hot_swap_under_concurrent_requests(asm, home, texts):
+    reg = manyfold.Registry()
+    v1 = reg.save(asm, "swap")
+    v2 = reg.save(asm, "swap", note="second")
+    with TestClient(create_app(ServeConfig(assembly="swap", version=v1, admin_token=TOKEN))) as c:
+        for _ in range(100):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert c.get("/readyz").json()["version"] == v1
+        results: list[tuple[int, int | None]] = []
+        stop = threading.Event()
+
+        def hammer(i: int) -> None:
+            while not stop.is_set():
+                r = c.post("/v1/predict", json={"items": texts[i:i + 3]})
+                results.append((r.status_code, r.json().get("version")))
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        r = c.post("/v1/admin/reload", json={"version": v2, "wait": True}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["version"] == v2
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert results and all(code == 200 for code, _ in results)
+        assert {v for _, v in results} == {v1, v2}
+        r = c.post("/v1/admin/reload", json={}, headers=AUTH)  # background reload to the latest
+        assert r.status_code == 202
+        r = c.post("/v1/admin/reload", json={"version": 99, "wait": True}, headers=AUTH)
+        assert r.status_code in (409, 422)
+        assert _metric(c.get("/metrics").text, "manyfold_reloads_total", outcome="ok") >= 2
+
+
+def test_serve_config_validates():
+    with pytest.raises(manyfold.ConfigError, match="max_queue"):
+        ServeConfig(assembly="x", max_queue=0)
+    with pytest.raises(manyfold.ConfigError, match="assembly"):
+        ServeConfig(assembly=3)
+
+
+# -- fuzzing: no input gives a 5xx ---------------------------------------------------------
+def test_fuzz_openapi_no_server_error(asm):
+    """schemathesis generates valid and invalid requests for every operation of the OpenAPI schema."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    app = create_app(ServeConfig(assembly=asm, admin_token=TOKEN, max_items_per_request=8, max_body_bytes=4096))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    seen: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        op = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @given(case=op.as_strategy(generation_mode=mode))
+            @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            def check(case) -> None:
+                r = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
+                seen.setdefault(op.label, set()).add(r.status_code)
+
+            check()
+    assert "POST /v1/predict" in seen and 200 in seen["POST /v1/predict"] and 422 in seen["POST /v1/predict"]
+    assert all(code < 500 for codes in seen.values() for code in codes), seen
