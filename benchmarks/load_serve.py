@@ -50,18 +50,20 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, port: int, micro_batching: bool) -> subprocess.Popen:
     opts = dict(micro_batching=micro_batching, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, log_level="warning")
+                max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, log_level="warning",
+                threads=args.server_threads)
     code = (f"from manyfold.serve import serve_main; "
             f"serve_main({args.name!r}, '127.0.0.1', {port}, {args.registry!r}, **{opts!r})")
     env = {**os.environ, "MANYFOLD_ADMIN_TOKEN": TOKEN}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(Path(args.log_dir) / f"manyfold_serve_{port}.log", "wb")  # the server's log, kept for inspection
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_ready(proc: subprocess.Popen, base: str, limit: float) -> float:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < limit:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}; see its log in --log-dir")
         try:
             if httpx.get(base + "/readyz", timeout=2).status_code == 200:
                 return time.perf_counter() - t0
@@ -164,6 +166,10 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
 def offline(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
     import manyfold
 
+    if args.server_threads:
+        import torch
+
+        torch.set_num_threads(args.server_threads)  # the same setting as the servers
     asm = manyfold.Registry(args.registry).load(args.name, cache=False)
     asm.predict(texts[-64:])  # warm-up
     n = min(args.requests, len(texts))
@@ -191,7 +197,7 @@ def machine() -> dict[str, Any]:
 def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"serve_load{args.suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = ["| run | requests | ok | failed | throughput (req/s) | p50 ms | p99 ms | mean batch |", "|---|---|---|---|---|---|---|---|"]
     for k, r in result["phases"].items():
         rows.append(f"| {k} | {r['requests']} | {r['ok']} | {r['failed']} | {r['throughput_rps']} | {r['p50_ms']} | "
@@ -200,14 +206,14 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     md = [f"# manyfold serve: load benchmark ({result['assembly']})", "",
           f"- command: `{result['command']}`", f"- date: {result['date']}",
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
-          f"- **{result['note']}**", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
+          f"- **{result['note']}**", f"- server torch threads: {result['server_threads'] or 'torch default'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
           f"CLINC150 test texts, httpx AsyncClient, 127.0.0.1", "", *rows, ""]
     if off:
         md.append(f"Offline `asm.predict` on batches of {off['batch_size']} (same texts, no HTTP): "
                   f"**{off['throughput_items_per_s']} items/s** ({off['items']} items in {off['seconds']} s).")
     if "hot_swap" in result["phases"]:
         md += ["", f"Hot swap: reloads during the run: {result['phases']['hot_swap'].get('reloads')}"]
-    (out / "serve_load.md").write_text("\n".join(md) + "\n")
+    (out / f"serve_load{args.suffix}.md").write_text("\n".join(md) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,10 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=1024)
     p.add_argument("--request-timeout-s", type=float, default=120.0)
+    p.add_argument("--server-threads", type=int, default=None, help="torch threads of the server (default: torch's)")
     p.add_argument("--reloads", type=int, default=2, help="hot reloads during the hot-swap run")
     p.add_argument("--reload-after", type=float, default=2.0, help="seconds before each reload")
     p.add_argument("--runs", default="batched,unbatched,hot_swap,offline")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--suffix", default="", help="result files: serve_load<suffix>.json / .md")
+    p.add_argument("--log-dir", default="/tmp", help="where the servers' logs go")
     args = p.parse_args(argv)
     import manyfold
 
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "note": "numbers taken on a shared 2-core machine (other jobs were running); the load generator runs on the "
                 "same cores as the server",
-        "assembly": args.name, "concurrency": args.concurrency, "phases": {}}
+        "assembly": args.name, "concurrency": args.concurrency, "server_threads": args.server_threads, "phases": {}}
     for run, mb, swap in (("batched", True, False), ("unbatched", False, False), ("hot_swap", True, True)):
         if run in runs:
             print(f"running {run} ...", flush=True)

@@ -18,7 +18,7 @@ def test_mini_bench_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         pytest.skip(f"no CLINC150 copy under {SHARED}")
     monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path / "home"))
     cfg = BenchConfig(small="hashing:dim=64", big="hashing:dim=128", generalist="concat:hashing:dim=96+hashing:dim=32,seed=1",
-                      subset=3, data_sizes=(2, 3), scaling_sizes=(10, 30), n_single=5, batch=8, repeats=3,
+                      subset=3, data_sizes=(2,), scaling_sizes=(10, 30), n_single=5, batch=8, repeats=3,
                       sweep_points=5)
     res = bench_main("clinc150", data_dir=str(SHARED), out_dir=str(tmp_path / "out"), config=cfg, progress=False)
     out = tmp_path / "out"

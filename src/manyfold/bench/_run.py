@@ -60,7 +60,10 @@ def _encoders(cfg: BenchConfig, cache: EmbeddingCache) -> tuple[dict[str, Any], 
             return CachedEncoder(ConcatEncoder([c(p) for p in spec[len("concat:"):].split("+")]), cache)
         return CachedEncoder(r(spec), cache)
 
-    cached = {s: c(s) for s in dict.fromkeys([cfg.small, cfg.big, cfg.generalist])}
+    specs = list(dict.fromkeys([cfg.small, cfg.big, cfg.generalist]))
+    cached = {s: c(s) for s in specs}
+    for s in specs:
+        r(s)
     return cached, raw
 
 

@@ -15,8 +15,8 @@ _FIELDS = {f.name for f in dataclasses.fields(ServeConfig)} - {"assembly", "regi
 
 
 def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: str | None = None, ray: bool = False,
-               *, log_level: str = "info", ray_expert_replicas: int = 1, ray_generalist_replicas: int = 1,
-               **opts: Any) -> None:
+               *, log_level: str = "info", threads: int | None = None, keep_alive_s: float = 30.0,
+               ray_expert_replicas: int = 1, ray_generalist_replicas: int = 1, **opts: Any) -> None:
     """Serve registry assembly ``name`` on ``host:port`` (blocks until interrupted).
 
     ``registry``: registry root (default ``$MANYFOLD_HOME/registry``). ``opts``
@@ -25,11 +25,21 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     ``max_items_per_request``, ``max_body_bytes``, ``micro_batching``,
     ``dataset``, ``data_dir``, ``save_changes``). ``ray=True`` deploys on Ray
     Serve instead of uvicorn (experts and generalist as their own deployments).
+    ``threads``: torch intra-op threads of the server process (default: torch's
+    choice; 1 is much faster on a machine whose cores are shared with other
+    jobs, where spinning thread pools wait on descheduled threads).
+    ``keep_alive_s``: how long idle HTTP keep-alive connections stay open.
     """
     unknown = sorted(set(opts) - _FIELDS)
     if unknown:
         raise ConfigError(f"unknown serve options {unknown}; valid: {sorted(_FIELDS)}")
     config = ServeConfig(assembly=name, registry_root=registry, **opts)
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+        import torch
+
+        torch.set_num_threads(threads)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ray:
         from ._ray import run_ray
@@ -43,4 +53,5 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
         raise missing_dependency("uvicorn", "serve", "manyfold serve") from exc
     from . import create_app
 
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=False,
+                timeout_keep_alive=keep_alive_s)

