@@ -48,6 +48,10 @@ def test_saved_assembly_through_the_cli(tiny_asm, tiny_ds):
     assert json.loads(out.stdout)[0]["name"] == "tiny"
     out = run("experts", "list", "tiny", "--json")
     assert len(json.loads(out.stdout)) == 10
+    out = run("experts", "remove", "tiny", "ghost")
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: unknown expert 'ghost'; valid choices: auto_and_commute")
+    out = run("experts", "add", "tiny", "banking", "--domain", "banking")
+    assert out.returncode == 2 and "already in 'tiny'" in out.stderr
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ Tiny data (CLINC150 ``subset(5)`` from ``$MANYFOLD_TEST_DATA``, default
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -29,9 +30,11 @@ SHARED = Path(os.environ.get("MANYFOLD_TEST_DATA") or Path(__file__).parents[1].
 ENC, GEN = "hashing", "hashing:dim=4096"
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+@pytest.fixture(scope="module", autouse=True)
+def _home(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MANYFOLD_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,15 @@ def _restrict(split, labels):
     return split.take(np.flatnonzero(np.isin(split.labels, labels)))
 
 
-@pytest.fixture()
-def asm(ds, domains, tmp_path, monkeypatch):
-    monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path))
+@pytest.fixture(scope="module")
+def _fitted(ds, domains):
     return manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
+
+
+@pytest.fixture()
+def asm(_fitted):
+    """A fresh copy of one fitted assembly (fitting once keeps the tests fast)."""
+    return copy.deepcopy(_fitted)
 
 
 def _data(ds, domains):

@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 import typer
 
-from ._exceptions import ManyfoldError
+from ._exceptions import ConfigError, ManyfoldError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Assemble many small experts into one large model.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Assemble many small experts into one large model.")
 experts_app = typer.Typer(no_args_is_help=True, help="List, add or remove the experts of a saved assembly.")
 app.add_typer(experts_app, name="experts")
 
@@ -174,9 +174,11 @@ def experts_add(name: str, expert: str = typer.Argument(..., help="name of the n
 
     reg = Registry()
     asm = reg.load(name)
+    if expert in asm.expert_names:
+        raise ConfigError(f"an expert named {expert!r} is already in {name!r}; remove it first")
     ds = _dataset_for(asm.manifest_, data_dir)
     if domain not in ds.domains:
-        raise typer.BadParameter(f"unknown domain {domain!r}; valid choices: {', '.join(ds.domains)}", param_hint="--domain")
+        raise ConfigError(f"unknown domain {domain!r}; valid choices: {', '.join(ds.domains)}")
     tr, va = ds.split("train"), ds.split("val")
     asm.add_expert(HeadExpert(expert, kind=kind, domain=domain), tr.items, tr.labels, va.items, va.labels,
                    labels=ds.labels_of(domain))
@@ -193,6 +195,7 @@ def experts_remove(name: str, expert: str, data_dir: Optional[str] = DataDir) ->
 
     reg = Registry()
     asm = reg.load(name)
+    asm.expert(expert)  # an unknown name fails here, before any data is read
     ds = _dataset_for(asm.manifest_, data_dir)
     tr, va = ds.split("train"), ds.split("val")
     asm.remove_expert(expert, tr.items, tr.labels, va.items, va.labels)

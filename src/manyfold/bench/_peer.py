@@ -58,18 +58,16 @@ def run_peer(ds: Any, encoder: Any, *, n_single: int, repeats: int, batch: int =
     tr, va, te = ds.split("train"), ds.split("val"), ds.split("test")
     enc = _wrap(encoder)
     t0 = time.perf_counter()
-    routes = [Route(name=d, utterances=[tr.items[i] for i in np.nonzero(
-        np.isin(tr.labels, ds.labels_of(d) if hasattr(ds, "labels_of") else
-                [lab for lab, dd in ds.label_to_domain.items() if dd == d]))[0]]) for d in ds.domains]
+    ytr = np.asarray(tr.labels).astype(str)
+    routes = [Route(name=d, utterances=[tr.items[i] for i in np.nonzero(np.isin(
+        ytr, [lab for lab, dd in ds.label_to_domain.items() if dd == d]))[0]]) for d in ds.domains]
     router = IndexedRouter(encoder=enc, routes=routes, top_k=5, aggregation="mean")
     yv = [None if v == oos else ds.label_to_domain[v] for v in np.asarray(va.labels).astype(str).tolist()]
     report = router.fit(list(va.items), yv)
     router.confidence_threshold = 0.5
     fit_s = time.perf_counter() - t0
     y = np.asarray(te.labels).astype(str)
-    picks = []
-    for q in te.items:
-        picks.append(router(q).name)
+    picks = [router(q).name for q in te.items]
     pred = np.array([p if p is not None else "" for p in picks])
     ins, t = y != oos, y == oos
     true_dom = np.array([ds.label_to_domain.get(v, "") for v in y.tolist()])

@@ -47,14 +47,16 @@ def load_pseudo(root: Path, entry: dict[str, Any] | None) -> tuple[list[Any], np
 
 
 def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, registry: Any = None, *,
-                 dataset: str = "clinc150", data_dir: str | Path | None = None, version: int | None = None,
+                 dataset: str | None = None, data_dir: str | Path | None = None, version: int | None = None,
                  tune_budget: bool = False, echo: Callable[[str], Any] = print) -> int:
     """Load assembly ``name`` from the registry, distil the generalist into its experts on the pool, save.
 
     ``registry`` is a :class:`~manyfold.Registry`, a root path, or None (the
     default registry). ``dataset`` / ``data_dir`` give the labelled data the
-    experts were trained on. Prints a summary through ``echo`` and returns the
-    new version number.
+    experts were trained on (default: the manifest's ``extra["dataset"]`` /
+    ``extra["data_dir"]``, else ``"clinc150"``). The manifest's other
+    ``extra`` entries are carried over to the new version. Prints a summary
+    through ``echo`` and returns the new version number.
     """
     from .._registry import Registry
     from ..data import load_dataset
@@ -63,13 +65,16 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     pool = read_pool(pool_path)
     asm = reg.load(name, version)
+    old_extra = dict(asm.manifest_.get("extra") or {})
+    dataset = dataset or old_extra.get("dataset", "clinc150")
+    data_dir = data_dir if data_dir is not None else old_extra.get("data_dir")
     ds = load_dataset(dataset, data_dir) if data_dir is not None else load_dataset(dataset)
     oos = asm.config.oos_label
     keep = set(asm.labels_.tolist()) | {oos}
     tr, va = ds.split("train"), ds.split("val")
     tr = tr.take(np.nonzero(np.isin(tr.labels, list(keep)))[0])
     va = va.take(np.nonzero(np.isin(va.labels, list(keep)))[0])
-    prior = (asm.manifest_.get("extra") or {}).get("flywheel")
+    prior = old_extra.get("flywheel")
     p_items, p_labels = load_pseudo(reg.root, prior)
     fw = Flywheel(asm, tr.items, tr.labels, va.items, va.labels, min_confidence=min_confidence,
                   tune_budget=tune_budget, pseudo_items=p_items, pseudo_labels=p_labels)
@@ -77,7 +82,7 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
     new_version = max(reg.versions(name) or [0]) + 1
     rel = f"flywheel/{name}/v{new_version:04d}.pseudo.jsonl"
     digest = save_pseudo(reg.root / rel, fw.pseudo_items, fw.pseudo_labels)
-    extra = {"flywheel": {"pseudo_file": rel, "sha256": digest, "n_pseudo": len(fw.pseudo_items), "round": rep.round,
+    extra = {**old_extra, "flywheel": {"pseudo_file": rel, "sha256": digest, "n_pseudo": len(fw.pseudo_items), "round": rep.round,
                           "teacher": rep.teacher, "pool": str(pool_path), "min_confidence": min_confidence,
                           "from_version": asm.manifest_["version"]}}
     saved = reg.save(asm, name, note=f"distill round {rep.round} on {Path(pool_path).name}", extra=extra)

@@ -72,8 +72,13 @@ def _component(config: ServeConfig, which: str) -> Any:
     return reg._get(next(e for e in m["experts"] if e["name"] == which))
 
 
-def build_ray_app(config: ServeConfig, *, expert_replicas: int = 1, generalist_replicas: int = 1) -> Any:
-    """The bound Ray Serve application for registry assembly ``config.assembly``."""
+def build_ray_app(config: ServeConfig, *, expert_replicas: int = 1, generalist_replicas: int = 1,
+                  replica_cpus: float = 0.25) -> Any:
+    """The bound Ray Serve application for registry assembly ``config.assembly``.
+
+    ``replica_cpus``: the CPUs Ray reserves per replica (fractional, so that
+    every expert fits on a small machine; Serve's default is one each).
+    """
     _, serve = _ray()
     if config.registry_name is None:
         from .._exceptions import ConfigError
@@ -84,7 +89,9 @@ def build_ray_app(config: ServeConfig, *, expert_replicas: int = 1, generalist_r
     manifest = Registry(config.registry_root).manifest(config.registry_name, config.version)
     cfg = dataclasses.replace(config, version=int(manifest["version"]))
 
-    @serve.deployment(num_replicas=expert_replicas)
+    opts = {"num_cpus": replica_cpus}
+
+    @serve.deployment(num_replicas=expert_replicas, ray_actor_options=opts)
     class Expert:
         def __init__(self, cfg: ServeConfig, name: str) -> None:
             self.expert = _component(cfg, name)
@@ -92,7 +99,7 @@ def build_ray_app(config: ServeConfig, *, expert_replicas: int = 1, generalist_r
         def predict_proba(self, X: np.ndarray) -> np.ndarray:
             return self.expert.predict_proba(X)
 
-    @serve.deployment(num_replicas=generalist_replicas)
+    @serve.deployment(num_replicas=generalist_replicas, ray_actor_options=opts)
     class Generalist:
         def __init__(self, cfg: ServeConfig) -> None:
             self.gen = _component(cfg, "generalist")
@@ -100,7 +107,7 @@ def build_ray_app(config: ServeConfig, *, expert_replicas: int = 1, generalist_r
         def signals(self, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
             return self.gen.signals(items)
 
-    @serve.deployment
+    @serve.deployment(ray_actor_options=opts)
     @serve.ingress()
     class Ingress:
         def __init__(self, cfg: ServeConfig, experts: dict[str, Any], generalist: Any) -> None:
@@ -113,10 +120,10 @@ def build_ray_app(config: ServeConfig, *, expert_replicas: int = 1, generalist_r
             asm._layout()
             from manyfold.serve import create_app
 
-            self.app = create_app(dataclasses.replace(cfg, assembly=asm, name=cfg.registry_name))
+            self._asgi = create_app(dataclasses.replace(cfg, assembly=asm, name=cfg.registry_name))
 
         def __serve_build_asgi_app__(self) -> Any:
-            return self.app
+            return self._asgi
 
     experts = {e["name"]: Expert.options(name=f"expert-{e['name']}").bind(cfg, e["name"]) for e in manifest["experts"]}
     gen = Generalist.bind(cfg) if manifest.get("generalist") else None
