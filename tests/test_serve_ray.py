@@ -13,10 +13,6 @@ from pathlib import Path
 
 import pytest
 
-if "ray" not in {m.split(":")[0].strip() for m in pytest.mark._config.getini("markers")}:  # type: ignore[union-attr]
-    # until pyproject registers it (markers = ["ray: ..."]), register it here so --strict-markers accepts it
-    pytest.mark._config.addinivalue_line("markers", "ray: Ray Serve integration tests")  # type: ignore[union-attr]
-
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 DATA = os.environ.get("MANYFOLD_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))

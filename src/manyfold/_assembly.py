@@ -116,7 +116,7 @@ class Assembly:
         cols = self._generalist_cols
         out = np.full((len(pg), len(self.labels_)), 1e-9, np.float32)
         ok = cols >= 0
-        out[:, ok] = pg[:, cols[ok]]
+        out[:, ok] = np.maximum(pg[:, cols[ok]], 1e-9)  # a one-hot "out_of_scope" answer leaves no mass in scope
         return out / out.sum(1, keepdims=True)
 
     def forward(self, X: np.ndarray, items: Sequence[Any] | None = None, *, escalate: bool = True,

@@ -203,6 +203,43 @@ def experts_remove(name: str, expert: str, data_dir: Optional[str] = DataDir) ->
     typer.echo(f"removed expert {expert!r}; saved {name!r} version {v}")
 
 
+@app.command()
+def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
+          host: str = typer.Option("127.0.0.1", help="address to bind"), port: int = typer.Option(8000, help="port"),
+          threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: torch's choice)"),
+          ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve (needs manyfold[ray])")) -> None:
+    """Serve a saved assembly over HTTP (FastAPI + uvicorn, or Ray Serve with --ray)."""
+    from .serve import serve_main
+
+    serve_main(name, host, port, None, ray=ray, threads=threads)
+
+
+@app.command("distill")
+def distill_cmd(name: str = typer.Argument(..., help="registry name of the assembly"),
+                pool: str = typer.Argument(..., help='unlabelled items: JSONL ({"text"|"item"|"items"} per line) or text, one per line'),
+                min_confidence: float = typer.Option(0.9, help="keep the generalist's labels at or above this probability"),
+                data_dir: Optional[str] = DataDir,
+                dataset: Optional[str] = typer.Option(None, help="dataset the experts were trained on (default: the manifest's)"),
+                version: Optional[int] = typer.Option(None, help="registry version to start from (default: latest)"),
+                tune_budget: bool = typer.Option(False, "--tune-budget", help="lower the escalation budget as far as validation accuracy allows")) -> None:
+    """One big -> small distillation round: the generalist labels POOL, the experts learn from it; saves a new version."""
+    from .flywheel import distill_main
+
+    distill_main(name, pool, min_confidence, None, dataset=dataset, data_dir=data_dir, version=version,
+                 tune_budget=tune_budget, echo=typer.echo)
+
+
+@app.command()
+def bench(dataset: str = typer.Argument("clinc150", help="dataset name"),
+          quick: bool = typer.Option(False, "--quick", help="a subset and fewer repeats"),
+          data_dir: Optional[str] = DataDir,
+          out_dir: str = typer.Option("benchmarks/results", "--out-dir", help="where the report files go")) -> None:
+    """Benchmark the assembly against monoliths and peer routers; writes a report and plots."""
+    from .bench import bench_main
+
+    bench_main(dataset=dataset, quick=quick, data_dir=data_dir, out_dir=out_dir)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one readable line and a non-zero exit on any manyfold error or Ctrl-C."""
     try:

@@ -37,6 +37,12 @@ def _plots(res: dict[str, Any], out: Path, stem: str) -> list[str]:
     for name, r in res["systems"].items():
         ax.scatter(r["relative_cost"], r["in_scope_accuracy"], s=30)
         ax.annotate(name.replace("assembly_", "A:"), (r["relative_cost"], r["in_scope_accuracy"]), fontsize=6)
+    accs = [r["in_scope_accuracy"] for r in res["systems"].values()] + list(sw["in_scope_accuracy"])
+    lo = min([a for a in accs if a >= 0.5] or [0.0]) - 0.02
+    off = [f"{k} ({100 * r['in_scope_accuracy']:.1f}%)" for k, r in res["systems"].items() if r["in_scope_accuracy"] < lo]
+    ax.set_ylim(lo, min(1.0, max(accs) + 0.01))
+    if off:
+        ax.text(0.01, 0.01, "below the axis: " + ", ".join(off), transform=ax.transAxes, fontsize=6)
     ax.set_xlabel("relative cost per request (generalist = 1.0)")
     ax.set_ylabel("in-scope accuracy")
     ax.set_title("accuracy vs cost (timings noisy: shared 2-core machine)")
@@ -114,6 +120,12 @@ def _md(res: dict[str, Any], stem: str, plots: list[str]) -> str:
           "generalist's; assembly costs = small-encoder forward + assembly forward + escalation rate (all requests) "
           "x generalist compute. Random / oracle routing reuse the linear router's calibrated policy "
           "(a PresetRouter supplies p(expert|x)). Latency/throughput: raw (uncached) encoders, end to end.", "",
+          *([f"**Caveat: timings taken under heavy contention** (load average {m['load_avg_at_start'][0]:.1f} on "
+             f"{m['cores_visible']} cores). Single-request times swung about 2x between measurements minutes apart, "
+             "and relative costs combine measurements from different moments (encoder-only timings vs end-to-end "
+             "ones), so compare costs only within one column and treat them as indicative. Rerun on a quiet "
+             "machine before claiming any cost or latency figure. Accuracy figures are unaffected.", ""]
+            if m["load_avg_at_start"][0] > (m["cores_visible"] or 1) else []),
           "## Escalation sweep and APGR", "",
           f"Quality: {res['apgr']['quality']}. small (no escalation) = {_f(res['apgr']['q_small'], True)}, "
           f"big (generalist alone) = {_f(res['apgr']['q_big_generalist'], True)}, everything escalated (fused) = "

@@ -124,7 +124,7 @@ def run_bench(ds: Any, cfg: BenchConfig, *, progress: bool = True) -> dict[str, 
     """Run everything on ``ds``; returns the JSON-able results (see :mod:`manyfold.bench`)."""
     from tqdm.auto import tqdm
 
-    stages = 9 + len(cfg.scaling_sizes)
+    stages = 8 + len(cfg.scaling_sizes)
     bar = tqdm(total=stages, desc="bench", disable=not progress)
 
     def step(msg: str) -> None:
