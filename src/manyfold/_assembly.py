@@ -178,9 +178,13 @@ class Assembly:
         total = time.perf_counter() - t0
         n = len(items)
         per = {k: round(1e3 * v / n, 4) for k, v in {"encode": t_enc, **out.times, "total": total}.items()}
+        return self.to_predictions(out, per)
+
+    def to_predictions(self, out: StageOutput, timings_ms: dict[str, float]) -> list[Prediction]:
+        """One :class:`Prediction` per row of a :meth:`forward` output (``timings_ms`` shared by all)."""
         names = self.router.experts_
         preds = []
-        for i in range(n):
+        for i in range(len(out.final)):
             j = int(out.final[i].argmax())
             label = self.config.oos_label if out.is_oos[i] else str(self.labels_[j])
             conf = float(out.oos_score[i]) if out.is_oos[i] else float(out.final[i, j])
@@ -190,7 +194,7 @@ class Assembly:
                 expert_weights=tuple(round(float(v), 6) for v in out.expert_w[i]),
                 escalated=bool(out.escalated[i]), reason=out.reason[i], oos_score=round(float(out.oos_score[i]), 6),
                 router_scores={str(names[k]): round(float(out.router_proba[i, k]), 6) for k in out.expert_idx[i]},
-                timings_ms=per, degraded=bool(out.degraded[i]),
+                timings_ms=dict(timings_ms), degraded=bool(out.degraded[i]),
             ))
         return preds
 

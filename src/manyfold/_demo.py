@@ -52,7 +52,7 @@ def _baseline(proba_in: np.ndarray, labels: np.ndarray, y: np.ndarray, thr: floa
 
 def _flat_report(name: str, proba_fn: Callable[[Any], np.ndarray], labels: np.ndarray, ds: Any, split: str,
                  cfg: AssemblyConfig) -> dict[str, Any]:
-    va, te = ds.split("val"), ds.split("test")
+    va = ds.split("val")
     pv = proba_fn(va.items)
     thr = float(np.quantile(1.0 - pv.max(1)[va.labels != OOS_LABEL], 1 - cfg.target_false_oos_rate))
     s = ds.split(split)

@@ -40,7 +40,7 @@ def fit_assembly(asm: Any, train_items: Sequence[Any], train_labels: Any, val_it
         raise ConfigError("items and labels differ in length")
     X_tr = _encode(asm.encoder, train_items, show_progress)
     X_va = _encode(asm.encoder, val_items, show_progress)
-    ins_tr, ins_va = y_tr != oos, y_va != oos
+    ins_tr = y_tr != oos
     for e in asm.experts:
         if _is_fitted(e):
             continue

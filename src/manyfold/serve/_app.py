@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .._exceptions import ConfigError, InputError, ManyfoldError, NotFoundError
+from .._exceptions import ConfigError, InputError, NotFoundError
 from .._validation import check_items
 from ..routers import top_k
 from ._admin import BusyError, Controller, NoRegistryError

@@ -38,21 +38,7 @@ class PipelineError(ManyfoldError, RuntimeError):
 
 def _predictions(asm: Any, out: Any, per: dict[str, float]) -> list[Prediction]:
     """Turn a :class:`StageOutput` into predictions (the same fields as ``Assembly.predict``)."""
-    names = asm.router.experts_
-    preds = []
-    for i in range(len(out.final)):
-        j = int(out.final[i].argmax())
-        label = asm.config.oos_label if out.is_oos[i] else str(asm.labels_[j])
-        conf = float(out.oos_score[i]) if out.is_oos[i] else float(out.final[i, j])
-        preds.append(Prediction(
-            label=label, confidence=round(conf, 6),
-            experts=tuple(str(names[k]) for k in out.expert_idx[i]),
-            expert_weights=tuple(round(float(v), 6) for v in out.expert_w[i]),
-            escalated=bool(out.escalated[i]), reason=out.reason[i], oos_score=round(float(out.oos_score[i]), 6),
-            router_scores={str(names[k]): round(float(out.router_proba[i, k]), 6) for k in out.expert_idx[i]},
-            timings_ms=dict(per), degraded=bool(out.degraded[i]),
-        ))
-    return preds
+    return asm.to_predictions(out, per)
 
 
 class Engine:
