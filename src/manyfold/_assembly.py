@@ -204,83 +204,70 @@ class Assembly:
         labels[out.is_oos] = self.config.oos_label
         return labels.astype(str)
 
+    def fit(self, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any], val_labels: Any, *,
+            label_to_expert: dict[str, str] | None = None, show_progress: bool = False) -> "Assembly":
+        """Fit what is not fitted yet (experts, generalist), then the router and the escalation policy; returns self."""
+        from ._fit import fit_assembly
+
+        return fit_assembly(self, train_items, train_labels, val_items, val_labels,
+                            label_to_expert=label_to_expert, show_progress=show_progress)
+
+    def _change_experts(self, experts: list[Any], new: dict[str, str], data: tuple[Any, Any, Any, Any],
+                        show_progress: bool) -> "Assembly":
+        from ._fit import fit_assembly
+
+        old = self.experts
+        self.experts = experts
+        try:
+            fit_assembly(self, *data, label_to_expert=new, show_progress=show_progress)
+        except BaseException:
+            self.experts = old
+            raise
+        return self
+
+    def add_expert(self, expert: Any, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any],
+                   val_labels: Any, *, labels: Sequence[str] | None = None, show_progress: bool = False) -> "Assembly":
+        """Add one expert; only the router and the policy are refitted, the other experts stay as they are.
+
+        ``expert`` is fitted here unless it already is; ``labels`` (default: its
+        fitted ``labels_``) are the labels it owns. The data must cover every
+        expert's labels (the router learns to tell them apart) and may hold
+        out-of-scope items.
+        """
+        from .experts import check_name
+
+        check_name(expert.name)
+        if expert.name in self.expert_names:
+            raise ConfigError(f"an expert named {expert.name!r} is already in the assembly; use replace_expert")
+        owned = list(labels) if labels is not None else list(getattr(expert, "labels_", []))
+        if not owned:
+            raise ConfigError(f"say which labels the new expert {expert.name!r} owns (labels=...)")
+        taken = sorted(set(owned) & set(getattr(self, "label_to_expert_", {})))
+        if taken:
+            raise ConfigError(f"labels {taken[:5]} already belong to other experts")
+        return self._change_experts([*self.experts, expert], {lab: expert.name for lab in owned},
+                               (train_items, train_labels, val_items, val_labels), show_progress)
+
+    def replace_expert(self, name: str, expert: Any, train_items: Sequence[Any], train_labels: Any,
+                       val_items: Sequence[Any], val_labels: Any, *, show_progress: bool = False) -> "Assembly":
+        """Swap expert ``name`` for ``expert`` (fitted here on the old one's labels if unfitted)."""
+        old = self.expert(name)
+        experts = [expert if e.name == name else e for e in self.experts]
+        if expert.name != name and expert.name in self.expert_names:
+            raise ConfigError(f"an expert named {expert.name!r} is already in the assembly")
+        return self._change_experts(experts, {lab: expert.name for lab in old.labels_.tolist()},
+                               (train_items, train_labels, val_items, val_labels), show_progress)
+
+    def remove_expert(self, name: str, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any],
+                      val_labels: Any, *, show_progress: bool = False) -> "Assembly":
+        """Remove expert ``name``; the router is refitted over the experts that remain."""
+        self.expert(name)
+        if len(self.experts) == 1:
+            raise ConfigError(f"cannot remove {name!r}: it is the assembly's only expert")
+        return self._change_experts([e for e in self.experts if e.name != name], {},
+                               (train_items, train_labels, val_items, val_labels), show_progress)
+
     def __repr__(self) -> str:
         g = type(self.generalist).__name__ if self.generalist is not None else None
         return (f"Assembly(encoder={getattr(self.encoder, 'id', self.encoder)!r}, router={type(self.router).__name__}, "
                 f"experts={len(self.experts)}, generalist={g})")
-
-
-def _fit(self: Assembly, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any], val_labels: Any, *,
-         label_to_expert: dict[str, str] | None = None, show_progress: bool = False) -> Assembly:
-    """Fit what is not fitted yet (experts, generalist), then the router and the escalation policy; returns self."""
-    from ._fit import fit_assembly
-
-    return fit_assembly(self, train_items, train_labels, val_items, val_labels,
-                        label_to_expert=label_to_expert, show_progress=show_progress)
-
-
-Assembly.fit = _fit  # type: ignore[attr-defined]
-
-
-def _change_experts(self: Assembly, experts: list[Any], new: dict[str, str], data: tuple[Any, Any, Any, Any],
-                    show_progress: bool) -> Assembly:
-    from ._fit import fit_assembly
-
-    old = self.experts
-    self.experts = experts
-    try:
-        fit_assembly(self, *data, label_to_expert=new, show_progress=show_progress)
-    except BaseException:
-        self.experts = old
-        raise
-    return self
-
-
-def _add_expert(self: Assembly, expert: Any, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any],
-                val_labels: Any, *, labels: Sequence[str] | None = None, show_progress: bool = False) -> Assembly:
-    """Add one expert; only the router and the policy are refitted, the other experts stay as they are.
-
-    ``expert`` is fitted here unless it already is; ``labels`` (default: its
-    fitted ``labels_``) are the labels it owns. The data must cover every
-    expert's labels (the router learns to tell them apart) and may hold
-    out-of-scope items.
-    """
-    from .experts import check_name
-
-    check_name(expert.name)
-    if expert.name in self.expert_names:
-        raise ConfigError(f"an expert named {expert.name!r} is already in the assembly; use replace_expert")
-    owned = list(labels) if labels is not None else list(getattr(expert, "labels_", []))
-    if not owned:
-        raise ConfigError(f"say which labels the new expert {expert.name!r} owns (labels=...)")
-    taken = sorted(set(owned) & set(getattr(self, "label_to_expert_", {})))
-    if taken:
-        raise ConfigError(f"labels {taken[:5]} already belong to other experts")
-    return _change_experts(self, [*self.experts, expert], {lab: expert.name for lab in owned},
-                           (train_items, train_labels, val_items, val_labels), show_progress)
-
-
-def _replace_expert(self: Assembly, name: str, expert: Any, train_items: Sequence[Any], train_labels: Any,
-                    val_items: Sequence[Any], val_labels: Any, *, show_progress: bool = False) -> Assembly:
-    """Swap expert ``name`` for ``expert`` (fitted here on the old one's labels if unfitted)."""
-    old = self.expert(name)
-    experts = [expert if e.name == name else e for e in self.experts]
-    if expert.name != name and expert.name in self.expert_names:
-        raise ConfigError(f"an expert named {expert.name!r} is already in the assembly")
-    return _change_experts(self, experts, {lab: expert.name for lab in old.labels_.tolist()},
-                           (train_items, train_labels, val_items, val_labels), show_progress)
-
-
-def _remove_expert(self: Assembly, name: str, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any],
-                   val_labels: Any, *, show_progress: bool = False) -> Assembly:
-    """Remove expert ``name``; the router is refitted over the experts that remain."""
-    self.expert(name)
-    if len(self.experts) == 1:
-        raise ConfigError(f"cannot remove {name!r}: it is the assembly's only expert")
-    return _change_experts(self, [e for e in self.experts if e.name != name], {},
-                           (train_items, train_labels, val_items, val_labels), show_progress)
-
-
-Assembly.add_expert = _add_expert  # type: ignore[attr-defined]
-Assembly.replace_expert = _replace_expert  # type: ignore[attr-defined]
-Assembly.remove_expert = _remove_expert  # type: ignore[attr-defined]
