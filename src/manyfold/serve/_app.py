@@ -123,6 +123,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise ApiError(422, "invalid_request", str(exc))
         if isinstance(exc, PipelineError):
             raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"})
+        log.error("unexpected error answered with 500", exc_info=exc)  # never swallowed: the traceback goes to the log
         raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}")
 
     # -- request metrics (outermost: 413s are counted too) ------------------------
