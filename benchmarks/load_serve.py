@@ -1,15 +1,25 @@
 """Load benchmark of ``manyfold serve``: HTTP throughput and latency under 64 concurrent clients.
 
 Starts uvicorn (through ``manyfold.serve.serve_main``) on 127.0.0.1 in a
-subprocess with a registry assembly, drives it with an httpx AsyncClient load
-generator (a fixed number of single-item requests on CLINC150 test texts,
+subprocess with a registry assembly, drives it with a light load generator
+(one keep-alive HTTP/1.1 connection per client on asyncio streams; a fixed number of single-item requests on CLINC150 test texts,
 ``--concurrency`` at a time, bounded in time too), and measures throughput,
 p50/p99 latency and failures:
 
-1. micro-batching on;
-2. micro-batching off (every request encoded on its own);
-3. micro-batching on while the assembly is hot-reloaded twice (must have zero failures);
-4. offline: ``asm.predict`` on batches of 64 of the same texts, in this process, no HTTP.
+1. offline: ``asm.predict`` on batches of 64 of the same texts, in this process, no HTTP
+   (first, so that the paced run can aim at a share of it);
+2. micro-batching on, 64 closed-loop clients (each sends its next request as
+   soon as the last one is answered: the server is saturated);
+3. micro-batching off (every request encoded on its own), same clients;
+4. micro-batching on while the assembly is hot-reloaded twice (must have zero failures);
+5. paced: the same 64 clients, but requests arrive as a Poisson stream at
+   each of ``--paced-fractions`` (default 0.8, 0.5, 0.3) of the offline throughput; a request's
+   latency counts from its scheduled arrival, so waiting for a free client is
+   not hidden (no coordinated omission).
+
+A closed loop of N clients obeys Little's law: mean latency = N / throughput.
+With 64 clients, p99 <= 250 ms needs at least 256 answered requests per
+second; the report prints that bound next to the measured numbers.
 
 The assembly is loaded without the embedding cache (as the server does), so
 every text goes through the real encoder. Writes ``serve_load.json`` and
@@ -28,6 +38,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,12 +59,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def bench_registry(args: argparse.Namespace) -> str:
+    """A registry of the benchmark's own with the assembly saved twice (v1, v2), so that the hot swap changes version.
+
+    The versions hold the same weights (objects are content-addressed: the second
+    save writes only a manifest); what the swap shows is a version loaded from
+    disk and switched in under load, answered by the ``version`` field.
+    """
+    import manyfold
+
+    root = Path(args.work_dir) / "registry"
+    if root.exists():
+        shutil.rmtree(root)
+    asm = manyfold.Registry(args.registry).load(args.name, cache=False)
+    reg = manyfold.Registry(root)
+    reg.save(asm, args.name, note="load benchmark: served first")
+    reg.save(asm, args.name, note="load benchmark: the hot-swap target")
+    return str(root)
+
+
 def start_server(args: argparse.Namespace, port: int, micro_batching: bool) -> subprocess.Popen:
     opts = dict(micro_batching=micro_batching, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                 max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, log_level="warning",
-                threads=args.server_threads)
+                threads=args.server_threads, version=1)
     code = (f"from manyfold.serve import serve_main; "
-            f"serve_main({args.name!r}, '127.0.0.1', {port}, {args.registry!r}, **{opts!r})")
+            f"serve_main({args.name!r}, '127.0.0.1', {port}, {args.bench_registry!r}, **{opts!r})")
     env = {**os.environ, "MANYFOLD_ADMIN_TOKEN": TOKEN}
     log = open(Path(args.log_dir) / f"manyfold_serve_{port}.log", "wb")  # the server's log, kept for inspection
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -82,35 +112,95 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: a load generator that costs little CPU.
+
+    httpx's per-request overhead (~1 ms of Python) would share the 2 cores with
+    the server; this client writes the request bytes and reads the response by
+    its Content-Length, nothing more. Any protocol surprise raises ``OSError``.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        try:
+            self.writer.write(head + body)
+            await self.writer.drain()
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+            lines = raw.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            if "content-length" not in headers:
+                raise OSError(f"response without Content-Length: {lines[0]}")
+            data = await self.reader.readexactly(int(headers["content-length"]))
+            if headers.get("connection", "").lower() == "close":
+                self.close()
+            return status, data
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
+            self.close()
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+
 async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: float,
-                during: Any = None) -> dict[str, Any]:
-    """``n`` single-item predict requests, ``concurrency`` in flight, stopped at ``limit`` seconds."""
+                during: Any = None, rate: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """``n`` single-item predict requests from ``concurrency`` clients, stopped at ``limit`` seconds.
+
+    ``rate`` None: closed loop (a client sends again as soon as it is
+    answered). ``rate`` (requests/s): arrivals are a Poisson stream and each
+    latency counts from the request's scheduled arrival.
+    """
     lat: list[float] = []
     codes: dict[str, int] = {}
     versions: dict[str, int] = {}
     nxt = 0
+    arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=n)) if rate else None
     deadline = time.perf_counter() + limit
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as c:
-        async def client() -> None:
+        start = time.perf_counter()
+
+        host, port = base.split("//", 1)[1].split(":")
+        conns = [RawConnection(host, int(port)) for _ in range(concurrency)]
+
+        async def client(conn: RawConnection) -> None:
             nonlocal nxt
             while nxt < n and time.perf_counter() < deadline:
                 i, nxt = nxt, nxt + 1
                 t0 = time.perf_counter()
+                if arrivals is not None:
+                    t0 = start + float(arrivals[i])
+                    await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
                 try:
-                    r = await c.post("/v1/predict", json={"item": texts[i % len(texts)]})
-                    code = str(r.status_code)
-                    if r.status_code == 200:
-                        v = str(r.json().get("version"))
+                    status, data = await conn.post("/v1/predict", json.dumps({"item": texts[i % len(texts)]}).encode())
+                    code = str(status)
+                    if status == 200:
+                        v = str(json.loads(data).get("version"))
                         versions[v] = versions.get(v, 0) + 1
-                except httpx.HTTPError as exc:
+                except OSError as exc:
                     code = type(exc).__name__
                 lat.append(time.perf_counter() - t0)
                 codes[code] = codes.get(code, 0) + 1
 
-        t0 = time.perf_counter()
+        t0 = start
         extra = [asyncio.create_task(during(c))] if during else []
-        await asyncio.gather(*[client() for _ in range(concurrency)])
+        await asyncio.gather(*[client(k) for k in conns])
+        for k in conns:
+            k.close()
         wall = time.perf_counter() - t0
         side = [await t for t in extra]
     ok = codes.get("200", 0)
@@ -118,7 +208,8 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
     return {"requests": len(lat), "ok": ok, "failed": len(lat) - ok, "status_counts": codes, "seconds": round(wall, 2),
             "throughput_rps": round(ok / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p90_ms": round(float(np.percentile(ms, 90)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
-            "versions_seen": versions, "stopped_by_time_limit": len(lat) < n, **({"reloads": side[0]} if side else {})}
+            "versions_seen": versions, "stopped_by_time_limit": len(lat) < n, **({"reloads": side[0]} if side else {}),
+            **({"offered_rps": round(rate, 1)} if rate else {})}
 
 
 def server_batches(base: str) -> dict[str, float]:
@@ -128,7 +219,8 @@ def server_batches(base: str) -> dict[str, float]:
     return {"batches": n, "mean_batch_items": round(s / n, 2) if n else 0.0}
 
 
-def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching: bool, swap: bool) -> dict[str, Any]:
+def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching: bool, swap: bool,
+                     rate: float | None = None) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(args, port, micro_batching)
@@ -139,11 +231,11 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
 
         async def reloads(c: httpx.AsyncClient) -> list[dict[str, Any]]:
             out = []
-            for _ in range(args.reloads):
+            for i in range(args.reloads):
                 await asyncio.sleep(args.reload_after)
                 t0 = time.perf_counter()
-                try:
-                    r = await c.post("/v1/admin/reload", json={"wait": True},
+                try:  # v1 -> v2 -> v1 -> ...
+                    r = await c.post("/v1/admin/reload", json={"wait": True, "version": 2 - i % 2},
                                      headers={"Authorization": f"Bearer {TOKEN}"}, timeout=args.time_limit)
                     got: Any = {"status": r.status_code, "body": r.json()}
                 except httpx.HTTPError as exc:
@@ -151,7 +243,7 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
                 out.append({**got, "seconds": round(time.perf_counter() - t0, 2)})
             return out
 
-        res = drive(base, texts, args.requests, args.concurrency, args.time_limit, reloads if swap else None)
+        res = drive(base, texts, args.requests, args.concurrency, args.time_limit, reloads if swap else None, rate=rate)
         res = asyncio.run(res)
         after = server_batches(base)
         n = after["batches"] - before["batches"]
@@ -170,7 +262,7 @@ def offline(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.server_threads)  # the same setting as the servers
-    asm = manyfold.Registry(args.registry).load(args.name, cache=False)
+    asm = manyfold.Registry(args.bench_registry).load(args.name, 1, cache=False)
     asm.predict(texts[-64:])  # warm-up
     n = min(args.requests, len(texts))
     t0 = time.perf_counter()
@@ -198,19 +290,45 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"serve_load{args.suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = ["| run | requests | ok | failed | throughput (req/s) | p50 ms | p99 ms | mean batch |", "|---|---|---|---|---|---|---|---|"]
-    for k, r in result["phases"].items():
-        rows.append(f"| {k} | {r['requests']} | {r['ok']} | {r['failed']} | {r['throughput_rps']} | {r['p50_ms']} | "
-                    f"{r['p99_ms']} | {r.get('server_mean_batch_items', '')} |")
     off = result.get("offline")
+    rows = ["| run | load | requests | ok | failed | throughput (req/s) | share of offline | p50 ms | p99 ms | mean batch |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in result["phases"].items():
+        load = f"Poisson {r['offered_rps']} req/s" if "offered_rps" in r else "closed loop"
+        share = f"{r['throughput_rps'] / off['throughput_items_per_s']:.0%}" if off else ""
+        rows.append(f"| {k} | {load} | {r['requests']} | {r['ok']} | {r['failed']} | {r['throughput_rps']} | {share} | "
+                    f"{r['p50_ms']} | {r['p99_ms']} | {r.get('server_mean_batch_items', '')} |")
     md = [f"# manyfold serve: load benchmark ({result['assembly']})", "",
           f"- command: `{result['command']}`", f"- date: {result['date']}",
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
           f"- **{result['note']}**", f"- server torch threads: {result['server_threads'] or 'torch default'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
-          f"CLINC150 test texts, httpx AsyncClient, 127.0.0.1", "", *rows, ""]
+          f"CLINC150 test texts, one keep-alive HTTP/1.1 connection per client (asyncio streams), 127.0.0.1", "", *rows, ""]
     if off:
         md.append(f"Offline `asm.predict` on batches of {off['batch_size']} (same texts, no HTTP): "
                   f"**{off['throughput_items_per_s']} items/s** ({off['items']} items in {off['seconds']} s).")
+    if off:
+        need = result["concurrency"] / 0.25
+        md += ["", f"Little's law for {result['concurrency']} closed-loop clients: mean latency = "
+               f"{result['concurrency']} / throughput, so p99 <= 250 ms needs >= {need:.0f} answered requests/s; "
+               f"this assembly answers {off['throughput_items_per_s']} items/s offline on this machine, so the closed-loop "
+               f"runs cannot get below ~{1e3 * result['concurrency'] / off['throughput_items_per_s']:.0f} ms mean latency here."]
+        checks = []
+        b = result["phases"].get("batched")
+        if b:
+            checks.append(f"closed loop, micro-batching: {b['throughput_rps'] / off['throughput_items_per_s']:.0%} of offline "
+                          f"throughput (target >= 80%: {'holds' if b['throughput_rps'] >= 0.8 * off['throughput_items_per_s'] else 'NOT met'}), "
+                          f"p99 {b['p99_ms']} ms (target <= 250 ms: {'holds' if b['p99_ms'] <= 250 else 'NOT met'}), "
+                          f"{b['failed']} failed")
+        for name, pc in result["phases"].items():
+            if "offered_rps" in pc:
+                checks.append(f"{name} (Poisson, {pc['offered_rps']} req/s offered): {pc['throughput_rps']} req/s answered = "
+                              f"{pc['throughput_rps'] / off['throughput_items_per_s']:.0%} of offline, p50 {pc['p50_ms']} ms, "
+                              f"p99 {pc['p99_ms']} ms (<= 250 ms: {'yes' if pc['p99_ms'] <= 250 else 'no'}), {pc['failed']} failed")
+        hs = result["phases"].get("hot_swap")
+        if hs:
+            checks.append(f"hot swap: {hs['failed']} failed requests across {len(hs.get('reloads') or [])} reloads "
+                          f"(versions answered: {hs['versions_seen']})")
+        md += ["", "Targets:", *[f"- {c}" for c in checks]]
     if "hot_swap" in result["phases"]:
         md += ["", f"Hot swap: reloads during the run: {result['phases']['hot_swap'].get('reloads')}"]
     (out / f"serve_load{args.suffix}.md").write_text("\n".join(md) + "\n")
@@ -233,11 +351,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--server-threads", type=int, default=None, help="torch threads of the server (default: torch's)")
     p.add_argument("--reloads", type=int, default=2, help="hot reloads during the hot-swap run")
     p.add_argument("--reload-after", type=float, default=2.0, help="seconds before each reload")
-    p.add_argument("--runs", default="batched,unbatched,hot_swap,offline")
+    p.add_argument("--runs", default="offline,batched,unbatched,hot_swap,paced")
+    p.add_argument("--paced-fractions", default="0.8,0.5,0.3",
+                   help="paced runs: arrival rates as shares of offline throughput (comma-separated)")
+    p.add_argument("--note", default="", help="a line printed in the report (e.g. what else ran on the machine)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--suffix", default="", help="result files: serve_load<suffix>.json / .md")
     p.add_argument("--log-dir", default="/tmp", help="where the servers' logs go")
+    p.add_argument("--work-dir", default="/tmp/manyfold_load_bench", help="the benchmark's own registry goes here")
     args = p.parse_args(argv)
+    args.bench_registry = bench_registry(args)
     import manyfold
 
     texts = list(manyfold.load_dataset("clinc150", args.data_dir).split("test").items)
@@ -245,19 +368,24 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-        "note": "numbers taken on a shared 2-core machine (other jobs were running); the load generator runs on the "
-                "same cores as the server",
+        "note": (args.note + "; " if args.note else "") + "the load generator runs on the same cores as the server",
         "assembly": args.name, "concurrency": args.concurrency, "server_threads": args.server_threads, "phases": {}}
-    for run, mb, swap in (("batched", True, False), ("unbatched", False, False), ("hot_swap", True, True)):
-        if run in runs:
-            print(f"running {run} ...", flush=True)
-            result["phases"][run] = run_server_phase(args, texts, mb, swap)
-            print(json.dumps(result["phases"][run]), flush=True)
-            write(args, result)
     if "offline" in runs:
         print("running offline ...", flush=True)
         result["offline"] = offline(args, texts)
         print(json.dumps(result["offline"]), flush=True)
+    phases = [("batched", True, False, None), ("unbatched", False, False, None), ("hot_swap", True, True, None)]
+    if "paced" in runs:
+        if "offline" not in result:
+            raise SystemExit("the paced runs need the offline run (their rates are shares of offline throughput)")
+        for f in (float(v) for v in args.paced_fractions.split(",")):
+            phases.append((f"paced_{int(round(100 * f))}pct", True, False, f * result["offline"]["throughput_items_per_s"]))
+    for run, mb, swap, rate in phases:
+        if run in runs or run.startswith("paced"):
+            print(f"running {run} ...", flush=True)
+            result["phases"][run] = run_server_phase(args, texts, mb, swap, rate)
+            print(json.dumps(result["phases"][run]), flush=True)
+            write(args, result)
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     write(args, result)
 

@@ -56,3 +56,27 @@ def test_curve_points_ends_and_no_gap() -> None:
 def test_summarise() -> None:
     assert summarise([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
     assert summarise([])["n"] == 0
+
+
+def test_peer_system_scores_routed_experts_with_known_answers() -> None:
+    """semantic-router's domain pick feeds our experts; no route is an out-of-scope answer."""
+    from types import SimpleNamespace
+
+    from manyfold.bench._run import _peer_system
+
+    class Fixed:  # an expert that answers its own first label whatever the input
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def predict(self, X):
+            return np.full(len(X), self.label)
+
+    experts = {"a": Fixed("a1"), "b": Fixed("b1")}
+    asm = SimpleNamespace(config=SimpleNamespace(oos_label="oos"), expert_names=["a", "b"], expert=experts.__getitem__)
+    y = np.array(["a1", "a1", "b1", "b2", "oos", "oos"])
+    routed = ["a", "b", "b", "b", "", "a"]  # right, wrong domain, right, right domain but b2, no route, false route
+    peer = {"test_domains": routed, "fit_seconds": 1.5, "overhead_single_ms": {"median": 2.0}}
+    r = _peer_system(peer, asm, np.zeros((6, 3), np.float32), y, {"a1": "a", "b1": "b", "b2": "b"}, 8.0, 20.0)
+    assert r["in_scope_accuracy"] == 0.5  # a1 and b1 right; of 4 in-scope items
+    assert r["routing_accuracy"] == 0.75 and r["oos_recall"] == 0.5
+    assert r["relative_cost"] == pytest.approx(0.5)  # (8 + 2) / 20

@@ -89,6 +89,43 @@ def test_routers_route_blobs_to_their_expert(cls):
     np.testing.assert_allclose(r2.predict_proba(X), pr, rtol=1e-6)
 
 
+def test_marginalisation_sums_label_probabilities_per_expert():
+    X, y = blobs(centers=4)
+    # labels interleaved across experts (l0, l2 -> B; l1, l3 -> A): columns must be regrouped, not just reshaped
+    r = LinearRouter().fit(X, y, {"l0": "B", "l1": "A", "l2": "B", "l3": "A"})
+    pl = r.label_proba(X)
+    np.testing.assert_allclose(r.predict_proba(X), np.stack([pl[:, 1] + pl[:, 3], pl[:, 0] + pl[:, 2]], 1), rtol=1e-6)
+    one = CentroidRouter().fit(X, y, {v: v for v in y})  # one label per expert: the label probabilities as they are
+    np.testing.assert_array_equal(one.predict_proba(X), one.label_proba(X))
+
+
+def test_centroid_router_refit_forgets_its_old_centroids():
+    X, y = blobs(centers=4)
+    r = CentroidRouter().fit(X[y != "l3"], y[y != "l3"], {"l0": "A", "l1": "A", "l2": "B"})
+    assert r.predict_proba(X).shape == (len(X), 2)
+    r.fit(X, y, {"l0": "A", "l1": "A", "l2": "B", "l3": "C"})
+    assert r.predict(X[y == "l3"]).tolist() == ["C"] * 30
+
+
+def test_linear_router_warm_start_keeps_known_weights_and_learns_the_new_label():
+    X, y = blobs(centers=4)
+    l2e = {"l0": "A", "l1": "A", "l2": "B"}
+    three = y != "l3"
+    warm = LinearRouter(warm_start=True, warm_max_iter=5).fit(X[three], y[three], l2e)
+    w_before = warm.params_["W"].copy()
+    warm.fit(X, y, {**l2e, "l3": "C"})
+    cold = LinearRouter(max_iter=5).fit(X, y, {**l2e, "l3": "C"})
+    assert (warm.predict(X) == np.array([{**l2e, "l3": "C"}[v] for v in y])).all()
+    # the warm fit started from the old weights: after 5 steps the known labels are still close to them,
+    # while a cold fit of 5 steps from zero is not
+    assert np.abs(warm.params_["W"][:, :3] - w_before).max() < np.abs(cold.params_["W"][:, :3] - w_before).max()
+    assert not hasattr(warm, "_previous")
+    with pytest.raises(ConfigError, match="linear heads only"):
+        train_head(X, np.zeros(len(X), int), 1, HeadSpec(kind="mlp"), init={"W": np.zeros((8, 1)), "b": np.zeros(1)})
+    with pytest.raises(ConfigError, match=r"init must hold W \(8, 4\)"):
+        train_head(X, np.zeros(len(X), int), 4, HeadSpec(), init={"W": np.zeros((8, 3)), "b": np.zeros(3)})
+
+
 def test_router_needs_every_label_mapped():
     X, y = blobs()
     with pytest.raises(ConfigError, match="have no expert"):

@@ -331,7 +331,7 @@ def test_truncated_idx_content(shared_data, tmp_path):
 
 def test_truncated_gzip_stream(shared_data, tmp_path):
     gz = (_need(shared_data, "mnist") / "t10k-labels-idx1-ubyte.gz").read_bytes()
-    d = _mnist_dir_with(shared_data, tmp_path, "t10k-labels-idx1-ubyte.gz", gz[: len(gz) // 2])
+    _mnist_dir_with(shared_data, tmp_path, "t10k-labels-idx1-ubyte.gz", gz[: len(gz) // 2])
     with pytest.raises(DataError, match="gzip"):
         load_mnist(tmp_path, download=False)
 

@@ -18,10 +18,13 @@ import manyfold
 from manyfold._exceptions import ConfigError, DataError
 from manyfold.flywheel import (
     Flywheel,
+    add_expert_from_teacher,
+    add_from_teacher_main,
     distill,
     distill_main,
     expert_from_teacher,
     fold,
+    fold_main,
     pseudo_label,
     read_pool,
 )
@@ -188,6 +191,63 @@ def test_add_expert_leaves_other_experts_bit_identical(ds, domains, asm):
             assert np.array_equal(v, asm.expert(name).params_[k])
 
 
+def test_add_expert_from_teacher_learns_the_new_domain_without_its_labels(ds, domains, asm):
+    new = ds.domains[3]
+    labels = ds.labels_of(new)
+    train, val, _ = _data(ds, [*domains, new])
+    answers = dict(zip(train.items, train.labels.tolist()))
+    oracle = _Oracle(answers, sorted(set(answers.values())))
+    mine = np.isin(train.labels, labels)
+    # the labelled items of the new domain carry a wrong label: if they were used, the expert would learn it
+    poisoned = np.where(mine, labels[0], train.labels)
+    weights = {e.name: {k: v.copy() for k, v in e.params_.items()} for e in asm.experts}
+    gen_asm = copy.deepcopy(asm)
+    gen_asm.generalist = None
+    with pytest.raises(ConfigError, match="no generalist"):
+        add_expert_from_teacher(gen_asm, "fresh", labels, train.items, train.items, poisoned, val.items, val.labels)
+    info = add_expert_from_teacher(asm, "fresh", labels, train.items, train.items, poisoned, val.items, val.labels,
+                                   teacher=oracle, domain=new)
+    assert info["n_pseudo"] == int(mine.sum()) and set(info["per_label"]) == set(labels)
+    assert "pseudo_items" not in info
+    e = asm.expert("fresh")
+    assert e.card_.lineage["source"] == "teacher_only" and e.card_.domain == new
+    X = asm.encoder.encode([train.items[i] for i in np.flatnonzero(mine)])
+    assert (e.predict(X) == train.labels[mine]).mean() > 0.9  # the true labels, not the poisoned one
+    assert (asm.router.predict(X) == "fresh").mean() > 0.9
+    for name, w in weights.items():
+        for k, v in w.items():
+            assert np.array_equal(v, asm.expert(name).params_[k])
+
+
+def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path, monkeypatch):
+    new = ds.domains[3]
+    train, val = ds.split("train"), ds.split("val")
+    gen = manyfold.HeadGeneralist(GEN).fit(train.items, train.labels, items_val=val.items, y_val=val.labels)
+    asm = manyfold.assemble(ds, encoder=ENC, generalist=gen, domains=domains, cache=False)
+    reg = manyfold.Registry(tmp_path / "reg")
+    reg.save(asm, "demo")
+    monkeypatch.setattr("manyfold.data.load_dataset", lambda name, data_dir=None: ds)
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(train.items) + "\n")
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match="unknown domain 'nope'; valid choices: "):
+        add_from_teacher_main("demo", "fresh", "nope", pool, 0.0, reg, echo=lines.append)
+    assert add_from_teacher_main("demo", "fresh", new, pool, 0.0, reg, echo=lines.append) == 2
+    assert "added expert 'fresh'" in lines[1] and "version 2" in lines[1]
+    grown = reg.load("demo")
+    assert "fresh" in grown.expert_names and grown.expert("fresh").card_.lineage["source"] == "teacher_only"
+    assert reg.manifest("demo")["extra"]["domains"] == [new]
+    assert fold_main("demo", None, reg, echo=lines.append) == 1
+    folded = reg.load("demo-folded")
+    assert folded.expert_names == ["folded"] and folded.generalist is None
+    assert folded.labels_.tolist() == grown.labels_.tolist()
+    assert reg.manifest("demo-folded")["extra"]["folded_from"] == {"name": "demo", "version": 2}
+    te = ds.split("test")
+    X = grown.encoder.encode(te.items)
+    agree = (folded.predict_labels(X, te.items) == grown.predict_labels(X, te.items)).mean()
+    assert agree > 0.6  # one head imitating the assembly, out-of-scope calls included
+
+
 # -- small -> big ----------------------------------------------------------------------------------------------------
 def test_fold_agrees_with_assembly(ds, domains, asm):
     train, val, labels = _data(ds, domains)
@@ -213,7 +273,7 @@ def test_distill_main_saves_a_new_version(ds, domains, asm, tmp_path, monkeypatc
     lines: list[str] = []
     assert distill_main("demo", pool, 0.0, reg, echo=lines.append) == 2
     assert distill_main("demo", pool, 0.0, str(reg.root), echo=lines.append) == 3
-    assert "round 1" in lines[0] and any("round 2" in ln for ln in lines)
+    assert "round 1" in lines[1] and any("round 2" in ln for ln in lines)
     m = reg.manifest("demo")
     fly = m["extra"]["flywheel"]
     assert fly["round"] == 2 and fly["from_version"] == 2

@@ -73,6 +73,11 @@ def test_llm_generalist_inside_an_assembly(server, tiny_ds):
     # this toy LLM knows one label, so the calibrated policy hardly escalates to it; force escalation of
     # everything to drive every request through the HTTP endpoint
     assert asm.calibration_["val_escalation_rate"] <= asm.config.max_escalation_rate + 1e-9
+    # few escalated items leave most of the false-OOS budget unspent; that must not lower the stage-2
+    # threshold to zero (which would call every escalated item out-of-scope)
+    from manyfold._fit import MIN_OOS_PROBA
+
+    assert MIN_OOS_PROBA <= asm.policy_["oos_threshold_escalated"] <= 2.0
     asm.policy_["confidence_threshold"] = 1.01
     te = tiny_ds.split("test")
     n_before = len(_Handler.seen)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -129,6 +128,20 @@ def test_predict_single_batch_route_experts(asm, texts):
         assert _metric(m.text, "manyfold_http_requests_total", endpoint="/v1/predict", status="200") == 2
         assert _metric(m.text, "manyfold_batch_size_items_count") >= 2
         assert "manyfold_stage_duration_seconds_bucket" in m.text and "manyfold_queue_depth" in m.text
+
+
+def test_request_log_is_a_distillation_pool(asm, texts, tmp_path):
+    from manyfold.flywheel import read_pool
+
+    path = tmp_path / "logs" / "requests.jsonl"
+    with _client(asm, request_log=str(path)) as c:
+        assert c.post("/v1/predict", json={"item": texts[0]}).status_code == 200
+        r = c.post("/v1/predict", json={"items": texts[1:4]})
+        assert c.post("/v1/predict", json={"items": []}).status_code == 422  # refused: not logged
+    rows = [__import__("json").loads(x) for x in path.read_text().splitlines()]
+    assert [row["items"] for row in rows] == [texts[:1], texts[1:4]]
+    assert rows[1]["labels"] == [p["label"] for p in r.json()["predictions"]]
+    assert read_pool(path) == texts[:4]
 
 
 def test_micro_batching_merges_concurrent_requests(asm, texts):

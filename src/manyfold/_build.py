@@ -70,7 +70,8 @@ def assemble(
         gen = generalist if not isinstance(generalist, str) else HeadGeneralist(_encoder(generalist, store), oos_label=oos)
     experts = [HeadExpert(d, kind=expert_kind, domain=d, description=f"{dataset.name} intents of the {d} domain")
                for d in chosen]
-    asm = Assembly(enc, ROUTERS[router](), experts, gen, config)
+    # a linear router warm-starts its refits: adding an expert later costs seconds, not a fit from scratch
+    asm = Assembly(enc, ROUTERS[router](warm_start=True) if router == "linear" else ROUTERS[router](), experts, gen, config)
     t0 = time.perf_counter()
     label_to_expert = {lab: dataset.label_to_domain[lab] for lab in keep_labels if lab != oos}
     asm.fit(tr.items, tr.labels, va.items, va.labels, label_to_expert=label_to_expert, show_progress=show_progress)

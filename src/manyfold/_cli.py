@@ -167,11 +167,23 @@ def experts_list(name: str, json_out: bool = typer.Option(False, "--json")) -> N
 @experts_app.command("add")
 def experts_add(name: str, expert: str = typer.Argument(..., help="name of the new expert"),
                 domain: str = typer.Option(..., help="the dataset domain whose labels it owns"),
-                kind: str = typer.Option("linear", help="linear or mlp"), data_dir: Optional[str] = DataDir) -> None:
+                kind: str = typer.Option("linear", help="linear or mlp"), data_dir: Optional[str] = DataDir,
+                from_generalist: bool = typer.Option(False, "--from-generalist",
+                                                     help="learn only from the generalist's labels of --pool (no labelled data)"),
+                pool: Optional[str] = typer.Option(None, help="unlabelled items for --from-generalist (JSONL or text)"),
+                min_confidence: float = typer.Option(0.9, help="with --from-generalist: keep labels at or above this probability")) -> None:
     """Train one new expert and refit only the router; the other experts' files stay as they are."""
     from ._registry import Registry
     from .experts import HeadExpert
 
+    if from_generalist != (pool is not None):
+        raise ConfigError("--from-generalist and --pool go together: the generalist labels the pool")
+    if from_generalist:
+        from .flywheel import add_from_teacher_main
+
+        add_from_teacher_main(name, expert, domain, pool, min_confidence, None, kind=kind, data_dir=data_dir,
+                              echo=typer.echo)
+        return
     reg = Registry()
     asm = reg.load(name)
     if expert in asm.expert_names:
@@ -207,26 +219,38 @@ def experts_remove(name: str, expert: str, data_dir: Optional[str] = DataDir) ->
 def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
           host: str = typer.Option("127.0.0.1", help="address to bind"), port: int = typer.Option(8000, help="port"),
           threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: torch's choice)"),
+          request_log: Optional[str] = typer.Option(None, "--request-log",
+                                                    help="append every answered request to this JSONL file (a pool for distill)"),
           ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve (needs manyfold[ray])")) -> None:
     """Serve a saved assembly over HTTP (FastAPI + uvicorn, or Ray Serve with --ray)."""
     from .serve import serve_main
 
-    serve_main(name, host, port, None, ray=ray, threads=threads)
+    serve_main(name, host, port, None, ray=ray, threads=threads, request_log=request_log)
 
 
 @app.command("distill")
 def distill_cmd(name: str = typer.Argument(..., help="registry name of the assembly"),
-                pool: str = typer.Argument(..., help='unlabelled items: JSONL ({"text"|"item"|"items"} per line) or text, one per line'),
+                pool: str = typer.Option(..., help='unlabelled items: JSONL ({"text"|"item"|"items"} per line) or text, one per line'),
                 min_confidence: float = typer.Option(0.9, help="keep the generalist's labels at or above this probability"),
                 data_dir: Optional[str] = DataDir,
                 dataset: Optional[str] = typer.Option(None, help="dataset the experts were trained on (default: the manifest's)"),
                 version: Optional[int] = typer.Option(None, help="registry version to start from (default: latest)"),
                 tune_budget: bool = typer.Option(False, "--tune-budget", help="lower the escalation budget as far as validation accuracy allows")) -> None:
-    """One big -> small distillation round: the generalist labels POOL, the experts learn from it; saves a new version."""
+    """One big -> small distillation round: the generalist labels --pool, the experts learn from it; saves a new version."""
     from .flywheel import distill_main
 
     distill_main(name, pool, min_confidence, None, dataset=dataset, data_dir=data_dir, version=version,
                  tune_budget=tune_budget, echo=typer.echo)
+
+
+@app.command("fold")
+def fold_cmd(name: str = typer.Argument(..., help="registry name of the assembly"),
+             into: Optional[str] = typer.Option(None, "--into", help="registry name of the folded model (default: NAME-folded)"),
+             kind: str = typer.Option("linear", help="linear or mlp head"), data_dir: Optional[str] = DataDir) -> None:
+    """Small -> big: fold the experts (and the generalist's answers) into one head; saves it as an assembly."""
+    from .flywheel import fold_main
+
+    fold_main(name, into, None, kind=kind, data_dir=data_dir, echo=typer.echo)
 
 
 @app.command()

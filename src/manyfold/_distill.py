@@ -13,7 +13,9 @@ student's ``fit``):
   round, counts) is stored on every new expert's card.
 * :func:`distill` - one call: ``rounds`` rounds over a pool split in parts.
 * :func:`expert_from_teacher` - an expert for a domain the experts' side has
-  no labels for, trained on the teacher's labels only.
+  no labels for, trained on the teacher's labels only;
+  :func:`add_expert_from_teacher` puts such an expert into an assembly (the
+  router learns the new labels from the same pseudo-labels).
 
 Small -> big:
 
@@ -42,7 +44,8 @@ from ._exceptions import ConfigError
 from ._fit import calibrate_assembly, fit_assembly
 from .experts import HeadExpert
 
-__all__ = ["pseudo_label", "Flywheel", "RoundReport", "DistillReport", "distill", "expert_from_teacher", "fold",
+__all__ = ["pseudo_label", "Flywheel", "RoundReport", "DistillReport", "distill", "expert_from_teacher",
+           "add_expert_from_teacher", "fold",
            "tune_escalation_budget", "teacher_id"]
 
 #: escalation budgets tried by :func:`tune_escalation_budget` (as shares of in-scope items)
@@ -277,7 +280,38 @@ def expert_from_teacher(name: str, encoder: Any, teacher: Any, pool_items: Seque
                                                      "n_pseudo": int(len(idx)), "min_confidence": min_confidence,
                                                      "source": "teacher_only"})
     per = {lab: int((y == lab).sum()) for lab in sorted(labels)}
-    return expert, {"n_pool": len(pool), "n_pseudo": int(len(idx)), "per_label": per}
+    return expert, {"n_pool": len(pool), "n_pseudo": int(len(idx)), "per_label": per,
+                    "pseudo_items": [pool[i] for i in idx.tolist()], "pseudo_labels": y}
+
+
+def add_expert_from_teacher(asm: Any, name: str, labels: Sequence[str], pool_items: Sequence[Any],
+                            train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any], val_labels: Any, *,
+                            min_confidence: float = 0.9, kind: str = "linear", domain: str | None = None,
+                            teacher: Any = None, show_progress: bool = False) -> dict[str, Any]:
+    """Add an expert over ``labels`` that learned only from a teacher's labels of ``pool_items``.
+
+    ``teacher`` (default: the assembly's generalist) has ``predict_proba``
+    over its ``labels_``.
+
+    The experts' side has no labelled data for ``labels``: any labelled train
+    or validation item of those labels is left out, and the router learns
+    the new labels from the same pseudo-labelled pool items as the expert.
+    The other experts stay as they are (:meth:`Assembly.add_expert`). Returns
+    the information of :func:`expert_from_teacher` (without the item lists).
+    """
+    teacher = teacher if teacher is not None else asm.generalist
+    if teacher is None:
+        raise ConfigError("this assembly has no generalist to learn from: pass teacher=")
+    expert, info = expert_from_teacher(name, asm.encoder, teacher, pool_items, labels,
+                                       min_confidence=min_confidence, kind=kind, domain=domain,
+                                       oos_label=asm.config.oos_label)
+    ytr, yva = np.asarray(train_labels).astype(str), np.asarray(val_labels).astype(str)
+    keep_tr, keep_va = ~np.isin(ytr, list(labels)), ~np.isin(yva, list(labels))
+    items = [train_items[i] for i in np.flatnonzero(keep_tr)] + info.pop("pseudo_items")
+    y = np.concatenate([ytr[keep_tr], info.pop("pseudo_labels")])
+    asm.add_expert(expert, items, y, [val_items[i] for i in np.flatnonzero(keep_va)], yva[keep_va],
+                   labels=list(labels), show_progress=show_progress)
+    return info
 
 
 def fold(asm: Any, items: Sequence[Any], *, name: str = "folded", kind: str = "linear", escalate: bool = True,

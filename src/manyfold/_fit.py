@@ -15,6 +15,8 @@ __all__ = ["fit_assembly", "calibrate_assembly", "refit_router"]
 
 #: a threshold on a probability that is never reached (JSON has no infinity)
 NEVER = 2.0
+#: an escalated item is called out-of-scope only if the stage-2 detector finds that more likely than not
+MIN_OOS_PROBA = 0.5
 
 
 def _encode(enc: Any, items: Sequence[Any], progress: bool) -> np.ndarray:
@@ -143,10 +145,12 @@ def calibrate_assembly(asm: Any, X: np.ndarray, items: Sequence[Any], y: np.ndar
             tc = 0.0
             esc = flagged
         esc_in = esc & ins
-        # false out-of-scope budget spent on escalated in-scope items only
+        # false out-of-scope budget (k in-scope items) spent on escalated in-scope items only; the threshold
+        # never drops below MIN_OOS_PROBA: with few escalated items the budget could otherwise call every
+        # escalated item out-of-scope, however unlikely the detector finds it
         k = int(np.floor(cfg.target_false_oos_rate * n_in))
         s = np.sort(oos2[esc_in])[::-1]
-        t2 = float(s[k]) + 1e-9 if k < len(s) else 0.0
+        t2 = max(float(s[k]) + 1e-9 if k < len(s) else 0.0, MIN_OOS_PROBA)
         called_oos = np.where(esc, oos2 >= t2, oos1 >= P["oos_threshold_small"])
         correct = np.where(esc, fused_correct, small_correct) & ~called_oos & ins
         acc, rec = correct[ins].mean(), called_oos[t].mean()

@@ -69,11 +69,14 @@ def train_head(
     spec: HeadSpec = HeadSpec(),
     sample_weight: np.ndarray | None = None,
     soft_targets: np.ndarray | None = None,
+    init: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit a head on features ``X`` (n, d) and integer labels ``y`` (n,).
 
     ``soft_targets`` (n, c), when given, replaces the one-hot targets
-    (distillation from a teacher's probabilities).
+    (distillation from a teacher's probabilities). ``init`` (a ``linear``
+    head's ``W (d, c)`` and ``b (c,)``) starts the optimiser there instead of
+    at zero (a warm start).
     """
     import torch
 
@@ -81,6 +84,8 @@ def train_head(
     n, d = X.shape
     if n == 0:
         raise ConfigError("cannot train a head on zero examples")
+    if init is not None and spec.kind != "linear":
+        raise ConfigError(f"a warm start (init) is for linear heads only, not {spec.kind!r}")
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     Xt = torch.from_numpy(X)
@@ -92,16 +97,21 @@ def train_head(
     w = torch.ones(n) if sample_weight is None else torch.from_numpy(np.asarray(sample_weight, dtype=np.float32))
     w = w / w.sum()
 
-    def init(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+    def rand(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
         return (torch.randn(shape, generator=gen) / np.sqrt(fan_in)).requires_grad_(True)
 
     if spec.kind == "linear":
-        params = {"W": torch.zeros(d, n_classes, requires_grad=True), "b": torch.zeros(n_classes, requires_grad=True)}
+        params = {"W": torch.zeros(d, n_classes), "b": torch.zeros(n_classes)}
+        if init is not None:
+            if np.shape(init.get("W")) != (d, n_classes) or np.shape(init.get("b")) != (n_classes,):
+                raise ConfigError(f"init must hold W {(d, n_classes)} and b {(n_classes,)} of a linear head")
+            params = {k: torch.from_numpy(np.array(init[k], dtype=np.float32)) for k in ("W", "b")}
+        params = {k: v.requires_grad_(True) for k, v in params.items()}
     else:
         params = {
-            "W1": init((d, spec.hidden), d),
+            "W1": rand((d, spec.hidden), d),
             "b1": torch.zeros(spec.hidden, requires_grad=True),
-            "W2": init((spec.hidden, n_classes), spec.hidden),
+            "W2": rand((spec.hidden, n_classes), spec.hidden),
             "b2": torch.zeros(n_classes, requires_grad=True),
         }
     weights = [v for k, v in params.items() if k.startswith("W")]

@@ -98,4 +98,5 @@ def run_peer(ds: Any, encoder: Any, *, n_single: int, repeats: int, batch: int =
         "val_fit_accuracy": report.accuracy, "val_ece": report.ece, "fit_seconds": fit_s,
         "overhead_single_ms": summarise(p50s), "overhead_single_latencies_ms": [1e3 * v for v in lat],
         "overhead_batched_ms_per_request": summarise(bt),
+        "test_domains": pred.tolist(),  # the routed domain of every test item ("" = no route: out-of-scope)
     }

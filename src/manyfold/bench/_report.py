@@ -35,7 +35,8 @@ def _plots(res: dict[str, Any], out: Path, stem: str) -> list[str]:
     sw = res["sweep"]
     ax.plot(sw["relative_cost"], sw["in_scope_accuracy"], "-", color="0.6", label="assembly top-2: confidence sweep")
     for name, r in res["systems"].items():
-        ax.scatter(r["relative_cost"], r["in_scope_accuracy"], s=30)
+        ax.scatter(r["relative_cost"], r["in_scope_accuracy"], s=60 if name.startswith("peer") else 30,
+                   marker="*" if name.startswith("peer") else "o")
         ax.annotate(name.replace("assembly_", "A:"), (r["relative_cost"], r["in_scope_accuracy"]), fontsize=6)
     accs = [r["in_scope_accuracy"] for r in res["systems"].values()] + list(sw["in_scope_accuracy"])
     lo = min([a for a in accs if a >= 0.5] or [0.0]) - 0.02
@@ -45,7 +46,9 @@ def _plots(res: dict[str, Any], out: Path, stem: str) -> list[str]:
         ax.text(0.01, 0.01, "below the axis: " + ", ".join(off), transform=ax.transAxes, fontsize=6)
     ax.set_xlabel("relative cost per request (generalist = 1.0)")
     ax.set_ylabel("in-scope accuracy")
-    ax.set_title("accuracy vs cost (timings noisy: shared 2-core machine)")
+    m = res["machine"]
+    shared = m["load_avg_at_start"][0] > (m["cores_visible"] or 1)
+    ax.set_title(f"accuracy vs cost, {m['cores_visible']} cores" + (" (timings noisy: shared machine)" if shared else ""))
     ax.legend(fontsize=7)
     files.append(f"{stem}_pareto.png")
     fig.savefig(out / files[-1], dpi=120, bbox_inches="tight")
@@ -98,8 +101,9 @@ def _md(res: dict[str, Any], stem: str, plots: list[str]) -> str:
     m = res["machine"]
     L = [f"# manyfold bench: {res['call']['dataset']}{' (quick)' if res['call']['quick'] else ''}", "",
          f"Command: `{res['command']}`  ",
-         f"Date (UTC): {m['date_utc']}; machine: {m['cpu']}, {m['cores_visible']} cores visible (SHARED with other "
-         f"jobs, load average at start {', '.join(f'{v:.1f}' for v in m['load_avg_at_start'])}: every timing is noisy); "
+         f"Date (UTC): {m['date_utc']}; machine: {m['cpu']}, {m['cores_visible']} cores visible (load average at start "
+         f"{', '.join(f'{v:.1f}' for v in m['load_avg_at_start'])}"
+         f"{': SHARED with other jobs, every timing is noisy' if m['load_avg_at_start'][0] > (m['cores_visible'] or 1) else ''}); "
          f"python {m['python']}, manyfold {m['manyfold']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
          "", f"Data: {res['dataset']}. Seeds fixed ({res['config']['seed']}); accuracy figures are deterministic on "
          "rerun on this machine; timings are medians over "
@@ -128,8 +132,9 @@ def _md(res: dict[str, Any], stem: str, plots: list[str]) -> str:
             if m["load_avg_at_start"][0] > (m["cores_visible"] or 1) else []),
           "## Escalation sweep and APGR", "",
           f"Quality: {res['apgr']['quality']}. small (no escalation) = {_f(res['apgr']['q_small'], True)}, "
-          f"big (generalist alone) = {_f(res['apgr']['q_big_generalist'], True)}, everything escalated (fused) = "
-          f"{_f(res['apgr']['q_all_escalated'], True)}.", "",
+          f"everything escalated (fused) = {_f(res['apgr']['q_all_escalated'], True)}; the gap APGR measures runs "
+          f"between these two ends of the same cascade (RouteLLM's weak and strong ends). For reference, the "
+          f"generalist alone = {_f(res['apgr']['q_big_generalist'], True)}.", "",
           "| escalation order | APGR | share to big for 50% of gap | 80% | 95% |", "|---|---|---|---|---|"]
     for k in ("confidence", "random", "oracle"):
         a = res["apgr"][k]
@@ -173,20 +178,35 @@ def _md(res: dict[str, Any], stem: str, plots: list[str]) -> str:
 
 def _advice(res: dict[str, Any]) -> str:
     s = res["systems"]
+    timed = {k: v for k, v in s.items() if v.get("latency_single")}
     best = max(s, key=lambda k: s[k]["in_scope_accuracy"])
     cheap = min(s, key=lambda k: s[k]["relative_cost"])
-    a = s["assembly_linear_top2_esc"]
-    return (f"Cheapest: **{cheap}** (cost {s[cheap]['relative_cost']:.2f}, in-scope accuracy "
-            f"{100 * s[cheap]['in_scope_accuracy']:.1f}%) for high-volume traffic where a few points of accuracy and "
-            f"out-of-scope recall matter less than compute. Most accurate here: **{best}** "
-            f"({100 * s[best]['in_scope_accuracy']:.1f}%, cost {s[best]['relative_cost']:.2f}). The escalating assembly "
+    fast = min(timed, key=lambda k: timed[k]["latency_single"]["p50_ms"]["median"])
+    a, g = s["assembly_linear_top2_esc"], s["generalist"]
+    p50 = lambda k: timed[k]["latency_single"]["p50_ms"]["median"]  # noqa: E731
+    p99 = lambda k: timed[k]["latency_single"]["p99_ms"]["median"]  # noqa: E731
+    text = (f"**Cost:** cheapest is **{cheap}** (cost {s[cheap]['relative_cost']:.2f}, in-scope accuracy "
+            f"{100 * s[cheap]['in_scope_accuracy']:.1f}%), for high-volume traffic where a few points of accuracy and "
+            f"out-of-scope recall matter less than compute. **Accuracy:** the best in-scope accuracy here is "
+            f"**{best}** ({100 * s[best]['in_scope_accuracy']:.1f}%, cost {s[best]['relative_cost']:.2f}). "
+            f"**Latency:** the lowest single-request p50 is **{fast}** ({p50(fast):.1f} ms). The escalating assembly "
             f"(top-2, calibrated) reaches {100 * a['in_scope_accuracy']:.1f}% in-scope accuracy and "
-            f"{100 * a['oos_recall']:.1f}% out-of-scope recall at cost {a['relative_cost']:.2f}, sending "
-            f"{100 * a['escalation_rate_all']:.1f}% of all requests to the generalist: the choice when both "
-            "cost and out-of-scope safety matter, and when domains must be added or replaced independently "
-            "(one expert refit, not a monolith). The generalist alone suits low volume where its cost is no "
-            "issue. Random routing shows what the router buys; oracle routing bounds what a better router could add. "
-            "Read the numbers in the tables, not this summary, when they disagree with your own priorities.")
+            f"{100 * a['oos_recall']:.1f}% out-of-scope recall (generalist alone: {100 * g['oos_recall']:.1f}%) at cost "
+            f"{a['relative_cost']:.2f}, sending {100 * a['escalation_rate_all']:.1f}% of all requests to the generalist; "
+            f"its p50 ({p50('assembly_linear_top2_esc'):.1f} ms) is the small model's but its p99 "
+            f"({p99('assembly_linear_top2_esc'):.1f} ms) is the generalist's ({p99('generalist'):.1f} ms), since escalated "
+            "requests pay for both. It is the choice when out-of-scope safety and cost both matter, and when domains "
+            "must be added or replaced independently (one expert refit, not a monolith); the generalist alone suits "
+            "low volume where its cost and latency are no issue.")
+    peer = s.get("peer_semantic-router+experts")
+    if peer is not None:
+        text += (f" The peer (semantic-router in front of the same experts) reaches "
+                 f"{100 * peer['in_scope_accuracy']:.1f}% in-scope accuracy and {100 * peer['oos_recall']:.1f}% "
+                 f"out-of-scope recall at cost {peer['relative_cost']:.2f} "
+                 f"(domain routing {100 * peer['routing_accuracy']:.1f}% vs "
+                 f"{100 * a['routing_accuracy']:.1f}% for the learned router).")
+    return text + (" Random routing shows what the router buys; oracle routing bounds what a better router could "
+                   "add. Read the numbers in the tables, not this summary, when they disagree with your priorities.")
 
 
 def write_report(res: dict[str, Any], out: Path, stem: str) -> list[Path]:

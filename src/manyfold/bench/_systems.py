@@ -30,13 +30,14 @@ __all__ = ["Features", "PresetRouter", "fit_assembly_systems", "fit_monolith", "
 class Features:
     """Encoded splits of one encoder: ``X[split]`` (float32) and the encode time of each split."""
 
-    def __init__(self, encoder: Any, ds: Any, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+    def __init__(self, encoder: Any, ds: Any, splits: tuple[str, ...] = ("train", "val", "test"), *,
+                 progress: bool = False) -> None:
         self.encoder = encoder
         self.X: dict[str, np.ndarray] = {}
         self.seconds: dict[str, float] = {}
         for s in splits:
             t0 = time.perf_counter()
-            self.X[s] = np.asarray(encoder.encode(list(ds.split(s).items)), np.float32)
+            self.X[s] = np.asarray(encoder.encode(list(ds.split(s).items), show_progress=progress), np.float32)
             self.seconds[s] = time.perf_counter() - t0
 
 

@@ -9,6 +9,7 @@ from .._distill import (
     DistillReport,
     Flywheel,
     RoundReport,
+    add_expert_from_teacher,
     distill,
     expert_from_teacher,
     fold,
@@ -16,8 +17,9 @@ from .._distill import (
     teacher_id,
     tune_escalation_budget,
 )
-from ._cli import distill_main, load_pseudo, save_pseudo
+from ._cli import add_from_teacher_main, distill_main, fold_main, load_pseudo, save_pseudo
 from ._pool import read_pool
 
-__all__ = ["DistillReport", "Flywheel", "RoundReport", "distill", "distill_main", "expert_from_teacher", "fold",
+__all__ = ["DistillReport", "Flywheel", "RoundReport", "add_expert_from_teacher", "add_from_teacher_main", "distill",
+           "distill_main", "expert_from_teacher", "fold", "fold_main",
            "load_pseudo", "pseudo_label", "read_pool", "save_pseudo", "teacher_id", "tune_escalation_budget"]

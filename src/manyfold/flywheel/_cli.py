@@ -1,4 +1,6 @@
-"""``manyfold distill``: one distillation round on a saved assembly, saved as its next version.
+"""The flywheel commands on saved assemblies: ``manyfold distill``, ``experts add --from-generalist``, ``fold``.
+
+``manyfold distill``: one distillation round on a saved assembly, saved as its next version.
 
 The registry keeps weights, not training data. The labelled data the experts
 were trained on comes from the dataset (its train split, restricted to the
@@ -17,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .._exceptions import ArtifactError
+from .._exceptions import ArtifactError, ConfigError
 from .._io import sha256_file
 from ._pool import read_pool
 
-__all__ = ["distill_main", "save_pseudo", "load_pseudo"]
+__all__ = ["distill_main", "add_from_teacher_main", "fold_main", "save_pseudo", "load_pseudo"]
 
 
 def save_pseudo(path: Path, items: list[Any], labels: np.ndarray) -> str:
@@ -46,6 +48,21 @@ def load_pseudo(root: Path, entry: dict[str, Any] | None) -> tuple[list[Any], np
     return [r["text"] for r in rows], np.array([r["label"] for r in rows], dtype=str)
 
 
+def _registry(registry: Any) -> Any:
+    from .._registry import Registry
+
+    return registry if isinstance(registry, Registry) else Registry(registry)
+
+
+def _dataset(extra: dict[str, Any], dataset: str | None, data_dir: str | Path | None) -> Any:
+    """The labelled dataset an assembly was built from (the manifest's unless given)."""
+    from ..data import load_dataset
+
+    dataset = dataset or extra.get("dataset", "clinc150")
+    data_dir = data_dir if data_dir is not None else extra.get("data_dir")
+    return load_dataset(dataset, data_dir) if data_dir is not None else load_dataset(dataset)
+
+
 def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, registry: Any = None, *,
                  dataset: str | None = None, data_dir: str | Path | None = None, version: int | None = None,
                  tune_budget: bool = False, echo: Callable[[str], Any] = print) -> int:
@@ -58,17 +75,13 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
     ``extra`` entries are carried over to the new version. Prints a summary
     through ``echo`` and returns the new version number.
     """
-    from .._registry import Registry
-    from ..data import load_dataset
     from .._distill import Flywheel
 
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    reg = _registry(registry)
     pool = read_pool(pool_path)
     asm = reg.load(name, version)
     old_extra = dict(asm.manifest_.get("extra") or {})
-    dataset = dataset or old_extra.get("dataset", "clinc150")
-    data_dir = data_dir if data_dir is not None else old_extra.get("data_dir")
-    ds = load_dataset(dataset, data_dir) if data_dir is not None else load_dataset(dataset)
+    ds = _dataset(old_extra, dataset, data_dir)
     oos = asm.config.oos_label
     keep = set(asm.labels_.tolist()) | {oos}
     tr, va = ds.split("train"), ds.split("val")
@@ -76,6 +89,7 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
     va = va.take(np.nonzero(np.isin(va.labels, list(keep)))[0])
     prior = old_extra.get("flywheel")
     p_items, p_labels = load_pseudo(reg.root, prior)
+    echo(f"round on {len(pool)} pool items: the generalist labels them, the experts and the router are refitted ...")
     fw = Flywheel(asm, tr.items, tr.labels, va.items, va.labels, min_confidence=min_confidence,
                   tune_budget=tune_budget, pseudo_items=p_items, pseudo_labels=p_labels)
     rep = fw.step(pool)
@@ -96,3 +110,77 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
          f"escalation {cal.get('val_escalation_rate', float('nan')):.4f} (budget {rep.escalation_budget:.2f}), "
          f"{rep.seconds:.1f} s")
     return saved
+
+
+def add_from_teacher_main(name: str, expert: str, domain: str, pool_path: str | Path, min_confidence: float = 0.9,
+                          registry: Any = None, *, kind: str = "linear", dataset: str | None = None,
+                          data_dir: str | Path | None = None, echo: Callable[[str], Any] = print) -> int:
+    """Add expert ``expert`` for ``domain`` to assembly ``name``, learned only from its generalist's labels of the pool.
+
+    The dataset's labels of ``domain`` name what the expert owns; none of its
+    labelled items are used. Saves the next version and returns its number.
+    """
+    from .._distill import add_expert_from_teacher
+
+    reg = _registry(registry)
+    pool = read_pool(pool_path)
+    asm = reg.load(name)
+    extra = dict(asm.manifest_.get("extra") or {})
+    ds = _dataset(extra, dataset, data_dir)
+    if domain not in ds.domains:
+        raise ConfigError(f"unknown domain {domain!r}; valid choices: {', '.join(ds.domains)}")
+    if expert in asm.expert_names:
+        raise ConfigError(f"an expert named {expert!r} is already in {name!r}; remove it first")
+    tr, va = ds.split("train"), ds.split("val")
+    echo(f"the generalist labels {len(pool)} pool items; the new expert and the router learn from its confident answers ...")
+    info = add_expert_from_teacher(asm, expert, ds.labels_of(domain), pool, tr.items, tr.labels, va.items, va.labels,
+                                   min_confidence=min_confidence, kind=kind, domain=domain)
+    extra["domains"] = sorted(set(extra.get("domains", [])) | {domain})
+    v = reg.save(asm, name, note=f"added expert {expert} from the generalist's labels on {Path(pool_path).name}", extra=extra)
+    missing = [lab for lab, n in info["per_label"].items() if n == 0]
+    echo(f"added expert {expert!r} for {domain!r}: {info['n_pseudo']} of {info['n_pool']} pool items labelled by the "
+         f"generalist at confidence >= {min_confidence}; saved {name!r} version {v}")
+    if missing:
+        echo(f"warning: no confident pool item for {len(missing)} labels: {', '.join(missing[:10])}")
+    return v
+
+
+def fold_main(name: str, into: str | None = None, registry: Any = None, *, kind: str = "linear",
+              dataset: str | None = None, data_dir: str | Path | None = None,
+              echo: Callable[[str], Any] = print) -> int:
+    """Fold assembly ``name`` into one head (small -> big) and save it as assembly ``into`` (default ``NAME-folded``).
+
+    The student learns the assembly's final answers (experts fused with the
+    generalist where it escalates) on the dataset's train items; it is saved
+    as a one-expert assembly with no generalist, so ``evaluate``, ``predict``
+    and ``serve`` work on it as on any assembly. Returns the saved version.
+    """
+    from .._assembly import Assembly
+    from .._distill import fold
+    from ..routers import CentroidRouter
+
+    reg = _registry(registry)
+    asm = reg.load(name)
+    extra = dict(asm.manifest_.get("extra") or {})
+    ds = _dataset(extra, dataset, data_dir)
+    oos = asm.config.oos_label
+    keep = list(asm.labels_.tolist()) + [oos]
+    tr, va = ds.split("train"), ds.split("val")
+    tr = tr.take(np.nonzero(np.isin(tr.labels, keep))[0])
+    va = va.take(np.nonzero(np.isin(va.labels, keep))[0])
+    ins = np.flatnonzero(tr.labels != oos)
+    ins_va = np.flatnonzero(va.labels != oos)
+    echo(f"the assembly answers {len(ins)} train items (escalating as it would serve them); one head learns its answers ...")
+    head = fold(asm, [tr.items[i] for i in ins], name="folded", kind=kind,
+                val_items=[va.items[i] for i in ins_va], val_labels=va.labels[ins_va])
+    # one expert: the router has nothing to choose; the policy still learns out-of-scope detection
+    folded = Assembly(asm.encoder, CentroidRouter(), [head], None, asm.config)
+    folded.fit(tr.items, tr.labels, va.items, va.labels)
+    into = into or f"{name}-folded"
+    v = reg.save(folded, into, note=f"{name} v{asm.manifest_['version']} folded into one head",
+                 extra={**{k: extra[k] for k in ("dataset", "data_dir") if k in extra},
+                        "folded_from": {"name": name, "version": asm.manifest_["version"]}})
+    echo(f"folded {name!r} v{asm.manifest_['version']} ({len(asm.experts)} experts"
+         f"{' + generalist' if asm.generalist is not None else ''}) into one {kind} head over {len(head.labels_)} labels "
+         f"({head.card_.size} params); saved {into!r} version {v}")
+    return v

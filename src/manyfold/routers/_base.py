@@ -86,10 +86,21 @@ class Router(BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p(expert | x)`` over ``experts_``: label probabilities summed per expert."""
-        pl = self.label_proba(X)
-        out = np.zeros((pl.shape[0], len(self.experts_)), dtype=pl.dtype)
-        np.add.at(out.T, self.label_expert_, pl.T)
-        return out
+        return self._marginalise(self.label_proba(X))
+
+    def _marginalise(self, pl: np.ndarray) -> np.ndarray:
+        g = getattr(self, "_groups", None)
+        if g is None or g[0] is not self.label_expert_:
+            le = self.label_expert_
+            if len(le) == len(self.experts_) and np.array_equal(le, np.arange(len(le))):
+                g = (le, None, None)  # one label per expert, same order: nothing to sum
+            else:  # label columns grouped by expert, summed by one reduceat over contiguous runs
+                order = np.argsort(le, kind="stable")
+                g = (le, order, np.flatnonzero(np.r_[True, np.diff(le[order]) != 0]))
+            self._groups = g
+        if g[1] is None:
+            return pl
+        return np.add.reduceat(pl[:, g[1]], g[2], axis=1)
 
     def predict(self, X: Any) -> np.ndarray:
         proba = self.predict_proba(X)

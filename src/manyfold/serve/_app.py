@@ -10,7 +10,6 @@ bad input is always a 4xx that names the field.
 import asyncio
 import hmac
 import logging
-import time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,8 +25,9 @@ from ._admin import BusyError, Controller, NoRegistryError
 from ._batching import DirectRunner, MicroBatcher, QueueFullError
 from ._config import ServeConfig
 from ._engine import Engine, PipelineError
-from ._limits import BodySizeLimit
+from ._limits import BodySizeLimit, RequestMetrics
 from ._metrics import ServeMetrics
+from ._reqlog import RequestLog
 from ._schemas import (ChangeResponse, ErrorBody, ExpertOut, Health, PredictResponse, Ready, ReloadRequest,
                        RouteResponse, make_models)
 
@@ -78,6 +78,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     else:
         runner = DirectRunner(engine.run_batch, metrics, max_queue=config.max_queue)
     token = config.resolved_admin_token()
+    reqlog = RequestLog(config.request_log) if config.request_log else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -88,6 +89,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         finally:
             await ctl.stop()
             await runner.stop()
+            if reqlog is not None:
+                reqlog.close()
 
     app = FastAPI(title="manyfold", version="1", lifespan=lifespan,
                   description="Expert heads behind a router, a generalist behind them: one HTTP API.")
@@ -129,18 +132,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     # -- request metrics (outermost: 413s are counted too) ------------------------
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Response:
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            ep = _endpoint(request.url.path)
-            metrics.requests.labels(ep, request.method, str(status)).inc()
-            metrics.request_latency.labels(ep).observe(time.perf_counter() - t0)
+    def _record(ep: str, method: str, status: int, seconds: float) -> None:
+        metrics.requests.labels(ep, method, str(status)).inc()
+        metrics.request_latency.labels(ep).observe(seconds)
+
+    app.add_middleware(RequestMetrics, record=_record, endpoint=_endpoint)
 
     # -- helpers ---------------------------------------------------------------------
     def _ready() -> Any:
@@ -159,7 +155,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     # -- inference ------------------------------------------------------------------------
     @app.post("/v1/predict", response_model=PredictResponse, tags=["inference"],
               responses={413: err, 422: err, 503: err, 504: err})
-    async def predict(body: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def predict(body: PredictRequest) -> Any:  # type: ignore[valid-type]
         """Labels (or out-of-scope) for the items, with the experts used, escalation and per-stage timings."""
         asm = _ready()
         items = body.texts()
@@ -187,7 +183,10 @@ def create_app(config: ServeConfig) -> FastAPI:
             d["out_of_scope"] = d["label"] == asm.config.oos_label
             d["timings_ms"] = {**d["timings_ms"], "queue": round(1e3 * queued, 4)}
             out.append(d)
-        return {"predictions": out, "assembly": config.registry_name, "version": engine.version}
+        if reqlog is not None:
+            reqlog.write(items, out, engine.version)
+        # built from plain dicts of the declared fields: answered as is, without a second pydantic pass
+        return JSONResponse({"predictions": out, "assembly": config.registry_name, "version": engine.version})
 
     @app.post("/v1/route", response_model=RouteResponse, tags=["inference"], responses={422: err, 503: err, 504: err})
     async def route(body: RouteRequest) -> dict[str, Any]:  # type: ignore[valid-type]

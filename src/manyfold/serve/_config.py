@@ -39,6 +39,8 @@ class ServeConfig:
     - ``embedding_cache``: load with the on-disk embedding cache (off by
       default: served texts are mostly new, and the cache writes one shard per
       batch of new texts).
+    - ``request_log``: a JSONL file; every answered ``/v1/predict`` request is
+      appended to it (items, labels, escalated): a pool for ``manyfold distill``.
     """
 
     assembly: Any
@@ -57,6 +59,7 @@ class ServeConfig:
     data_dir: str | None = None
     save_changes: bool = True
     embedding_cache: bool = False
+    request_log: str | None = None
 
     def __post_init__(self) -> None:
         if self.assembly is None or (isinstance(self.assembly, str) and not self.assembly):
