@@ -221,15 +221,23 @@ def test_add_expert_from_teacher_learns_the_new_domain_without_its_labels(ds, do
 
 def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path, monkeypatch):
     new = ds.domains[3]
-    train, val = ds.split("train"), ds.split("val")
-    gen = manyfold.HeadGeneralist(GEN).fit(train.items, train.labels, items_val=val.items, y_val=val.labels)
-    asm = manyfold.assemble(ds, encoder=ENC, generalist=gen, domains=domains, cache=False)
+    train = ds.split("train")
+    narrow = manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
+    asm = manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, generalist_domains="all", cache=False)
+    assert set(ds.labels_of(new)) <= set(asm.generalist.labels_.tolist())  # the big model knows the 4th domain
+    assert not set(ds.labels_of(new)) & set(narrow.generalist.labels_.tolist())
     reg = manyfold.Registry(tmp_path / "reg")
     reg.save(asm, "demo")
+    reg.save(narrow, "narrow")
     monkeypatch.setattr("manyfold.data.load_dataset", lambda name, data_dir=None: ds)
     pool = tmp_path / "pool.txt"
     pool.write_text("\n".join(train.items) + "\n")
     lines: list[str] = []
+    with pytest.raises(ConfigError, match="does not know any of the labels.*--generalist-domains all"):
+        add_from_teacher_main("narrow", "fresh", new, pool, 0.0, reg, echo=lines.append)
+    lines.clear()
+    with pytest.raises(ConfigError, match="unknown generalist_domains 'some'; valid choices: experts, all"):
+        manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, generalist_domains="some", cache=False)
     with pytest.raises(ConfigError, match="unknown domain 'nope'; valid choices: "):
         add_from_teacher_main("demo", "fresh", "nope", pool, 0.0, reg, echo=lines.append)
     assert add_from_teacher_main("demo", "fresh", new, pool, 0.0, reg, echo=lines.append) == 2

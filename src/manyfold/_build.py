@@ -37,6 +37,7 @@ def assemble(
     router: str = "linear",
     expert_kind: str = "linear",
     domains: Sequence[str] | None = None,
+    generalist_domains: str = "experts",
     config: AssemblyConfig = AssemblyConfig(),
     cache: EmbeddingCache | None | bool = True,
     show_progress: bool = False,
@@ -48,7 +49,13 @@ def assemble(
     experts to those domains (the rest of the in-scope data is left out: a
     later :meth:`Assembly.add_expert` can bring a domain in). Vectors are kept
     in the on-disk embedding cache unless ``cache=False``.
+    ``generalist_domains``: ``"experts"`` trains an unfitted generalist on the
+    experts' domains only; ``"all"`` on every domain of ``dataset`` (a big model
+    that already knows domains the experts do not cover yet, the teacher of
+    ``manyfold experts add --from-generalist``).
     """
+    if generalist_domains not in ("experts", "all"):
+        raise ConfigError(f"unknown generalist_domains {generalist_domains!r}; valid choices: experts, all")
     if router not in ROUTERS:
         raise ConfigError(f"unknown router {router!r}; valid choices: {', '.join(ROUTERS)}")
     store = EmbeddingCache() if cache is True else (cache or None)
@@ -68,6 +75,9 @@ def assemble(
     gen = None
     if generalist is not None:
         gen = generalist if not isinstance(generalist, str) else HeadGeneralist(_encoder(generalist, store), oos_label=oos)
+        if generalist_domains == "all" and not hasattr(gen, "labels_"):
+            gen.fit(list(train.items), train.labels, items_val=list(val.items), y_val=val.labels,
+                    show_progress=show_progress)
     experts = [HeadExpert(d, kind=expert_kind, domain=d, description=f"{dataset.name} intents of the {d} domain")
                for d in chosen]
     # a linear router warm-starts its refits: adding an expert later costs seconds, not a fit from scratch

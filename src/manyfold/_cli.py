@@ -73,6 +73,8 @@ def assemble_cmd(dataset: str = typer.Argument(..., help="dataset name: clinc150
                  generalist: Optional[str] = typer.Option(None, help="encoder spec of the generalist, or 'none'"),
                  router: str = typer.Option("linear", help="linear, centroid or knn"),
                  domains: Optional[str] = typer.Option(None, help="comma-separated domains to build experts for"),
+                 generalist_domains: str = typer.Option("experts", help="train the generalist on the experts' domains "
+                                                        "('experts') or on every domain ('all')"),
                  top_k: int = typer.Option(2, help="experts consulted per item")) -> None:
     """Build an assembly from a dataset and save it in the registry."""
     from ._build import assemble
@@ -89,7 +91,7 @@ def assemble_cmd(dataset: str = typer.Argument(..., help="dataset name: clinc150
             typer.echo(f"note: {note}", err=True)
     chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
     asm = assemble(ds, encoder=encoder, generalist=gen_spec, router=router, domains=chosen,
-                   config=AssemblyConfig(top_k=top_k), show_progress=True)
+                   generalist_domains=generalist_domains, config=AssemblyConfig(top_k=top_k), show_progress=True)
     reg = Registry()
     v = reg.save(asm, name or dataset, extra={"dataset": dataset, "data_dir": data_dir, "domains": chosen or list(ds.domains)})
     typer.echo(f"saved assembly {name or dataset!r} version {v} ({len(asm.experts)} experts) in {reg.root}")

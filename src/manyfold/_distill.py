@@ -270,6 +270,10 @@ def expert_from_teacher(name: str, encoder: Any, teacher: Any, pool_items: Seque
     (it just gets no training data). Fewer than one item is a ConfigError.
     """
     pool = list(pool_items)
+    known = set(np.asarray(getattr(teacher, "labels_", [])).astype(str).tolist())
+    if known and not known & set(labels):
+        raise ConfigError(f"the teacher does not know any of the labels {sorted(labels)[:5]}: it cannot teach them "
+                          "(train the generalist on every domain, e.g. manyfold assemble --generalist-domains all)")
     idx, y, _ = pseudo_label(teacher, pool, min_confidence=min_confidence, allowed=labels, oos_label=oos_label)
     if len(idx) == 0:
         raise ConfigError(f"the teacher labelled no pool item with one of {list(labels)[:5]} at confidence "
