@@ -41,11 +41,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _dataset_for(manifest: dict[str, Any], data_dir: Optional[str]) -> Any:
-    from .data import load_dataset
+    from .flywheel._cli import dataset_for
 
-    extra = manifest.get("extra") or {}
-    name = extra.get("dataset", "clinc150")
-    return load_dataset(name, data_dir if data_dir is not None else extra.get("data_dir"))
+    return dataset_for(manifest.get("extra") or {}, data_dir)
 
 
 @app.command()
@@ -186,13 +184,11 @@ def experts_add(name: str, expert: str = typer.Argument(..., help="name of the n
         add_from_teacher_main(name, expert, domain, pool, min_confidence, None, kind=kind, data_dir=data_dir,
                               echo=typer.echo)
         return
+    from .flywheel._cli import dataset_for_new_expert
+
     reg = Registry()
     asm = reg.load(name)
-    if expert in asm.expert_names:
-        raise ConfigError(f"an expert named {expert!r} is already in {name!r}; remove it first")
-    ds = _dataset_for(asm.manifest_, data_dir)
-    if domain not in ds.domains:
-        raise ConfigError(f"unknown domain {domain!r}; valid choices: {', '.join(ds.domains)}")
+    ds = dataset_for_new_expert(asm, name, expert, domain, data_dir)
     tr, va = ds.split("train"), ds.split("val")
     asm.add_expert(HeadExpert(expert, kind=kind, domain=domain), tr.items, tr.labels, va.items, va.labels,
                    labels=ds.labels_of(domain))

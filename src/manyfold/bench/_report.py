@@ -24,6 +24,11 @@ def _mm(s: dict[str, float] | None, nd: int = 2) -> str:
     return f"{s['median']:.{nd}f} [{s['min']:.{nd}f}-{s['max']:.{nd}f}]"
 
 
+def _shared(m: dict[str, Any]) -> bool:
+    """Was the machine busy with other work when the run started (load average above the core count)?"""
+    return m["load_avg_at_start"][0] > (m["cores_visible"] or 1)
+
+
 def _plots(res: dict[str, Any], out: Path, stem: str) -> list[str]:
     import matplotlib
 
@@ -47,8 +52,7 @@ def _plots(res: dict[str, Any], out: Path, stem: str) -> list[str]:
     ax.set_xlabel("relative cost per request (generalist = 1.0)")
     ax.set_ylabel("in-scope accuracy")
     m = res["machine"]
-    shared = m["load_avg_at_start"][0] > (m["cores_visible"] or 1)
-    ax.set_title(f"accuracy vs cost, {m['cores_visible']} cores" + (" (timings noisy: shared machine)" if shared else ""))
+    ax.set_title(f"accuracy vs cost, {m['cores_visible']} cores" + (" (timings noisy: shared machine)" if _shared(m) else ""))
     ax.legend(fontsize=7)
     files.append(f"{stem}_pareto.png")
     fig.savefig(out / files[-1], dpi=120, bbox_inches="tight")
@@ -103,7 +107,7 @@ def _md(res: dict[str, Any], stem: str, plots: list[str]) -> str:
          f"Command: `{res['command']}`  ",
          f"Date (UTC): {m['date_utc']}; machine: {m['cpu']}, {m['cores_visible']} cores visible (load average at start "
          f"{', '.join(f'{v:.1f}' for v in m['load_avg_at_start'])}"
-         f"{': SHARED with other jobs, every timing is noisy' if m['load_avg_at_start'][0] > (m['cores_visible'] or 1) else ''}); "
+         f"{': SHARED with other jobs, every timing is noisy' if _shared(m) else ''}); "
          f"python {m['python']}, manyfold {m['manyfold']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
          "", f"Data: {res['dataset']}. Seeds fixed ({res['config']['seed']}); accuracy figures are deterministic on "
          "rerun on this machine; timings are medians over "
@@ -129,7 +133,7 @@ def _md(res: dict[str, Any], stem: str, plots: list[str]) -> str:
              "and relative costs combine measurements from different moments (encoder-only timings vs end-to-end "
              "ones), so compare costs only within one column and treat them as indicative. Rerun on a quiet "
              "machine before claiming any cost or latency figure. Accuracy figures are unaffected.", ""]
-            if m["load_avg_at_start"][0] > (m["cores_visible"] or 1) else []),
+            if _shared(m) else []),
           "## Escalation sweep and APGR", "",
           f"Quality: {res['apgr']['quality']}. small (no escalation) = {_f(res['apgr']['q_small'], True)}, "
           f"everything escalated (fused) = {_f(res['apgr']['q_all_escalated'], True)}; the gap APGR measures runs "

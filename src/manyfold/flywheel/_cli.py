@@ -54,13 +54,29 @@ def _registry(registry: Any) -> Any:
     return registry if isinstance(registry, Registry) else Registry(registry)
 
 
-def _dataset(extra: dict[str, Any], dataset: str | None, data_dir: str | Path | None) -> Any:
-    """The labelled dataset an assembly was built from (the manifest's unless given)."""
-    from ..data import load_dataset
+def dataset_for(extra: dict[str, Any], data_dir: str | Path | None = None, dataset: str | None = None) -> Any:
+    """The labelled dataset an assembly was built from: its manifest's ``extra`` unless given (default clinc150)."""
+    from .. import data  # looked up at call time: tests stand a tiny dataset in for load_dataset
 
-    dataset = dataset or extra.get("dataset", "clinc150")
-    data_dir = data_dir if data_dir is not None else extra.get("data_dir")
-    return load_dataset(dataset, data_dir) if data_dir is not None else load_dataset(dataset)
+    return data.load_dataset(dataset or extra.get("dataset", "clinc150"),
+                             data_dir if data_dir is not None else extra.get("data_dir"))
+
+
+def _labelled_splits(asm: Any, ds: Any) -> tuple[Any, Any]:
+    """The train and validation splits restricted to the assembly's labels and out-of-scope."""
+    keep = list(asm.labels_.tolist()) + [asm.config.oos_label]
+    return tuple(s.take(np.nonzero(np.isin(s.labels, keep))[0]) for s in (ds.split("train"), ds.split("val")))
+
+
+def dataset_for_new_expert(asm: Any, name: str, expert: str, domain: str, data_dir: str | Path | None = None,
+                           dataset: str | None = None) -> Any:
+    """Check that ``expert`` is a new name in assembly ``name`` and ``domain`` a domain of its dataset; the dataset."""
+    if expert in asm.expert_names:
+        raise ConfigError(f"an expert named {expert!r} is already in {name!r}; remove it first")
+    ds = dataset_for(asm.manifest_.get("extra") or {}, data_dir, dataset)
+    if domain not in ds.domains:
+        raise ConfigError(f"unknown domain {domain!r}; valid choices: {', '.join(ds.domains)}")
+    return ds
 
 
 def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, registry: Any = None, *,
@@ -81,12 +97,7 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
     pool = read_pool(pool_path)
     asm = reg.load(name, version)
     old_extra = dict(asm.manifest_.get("extra") or {})
-    ds = _dataset(old_extra, dataset, data_dir)
-    oos = asm.config.oos_label
-    keep = set(asm.labels_.tolist()) | {oos}
-    tr, va = ds.split("train"), ds.split("val")
-    tr = tr.take(np.nonzero(np.isin(tr.labels, list(keep)))[0])
-    va = va.take(np.nonzero(np.isin(va.labels, list(keep)))[0])
+    tr, va = _labelled_splits(asm, dataset_for(old_extra, data_dir, dataset))
     prior = old_extra.get("flywheel")
     p_items, p_labels = load_pseudo(reg.root, prior)
     echo(f"round on {len(pool)} pool items: the generalist labels them, the experts and the router are refitted ...")
@@ -126,11 +137,7 @@ def add_from_teacher_main(name: str, expert: str, domain: str, pool_path: str | 
     pool = read_pool(pool_path)
     asm = reg.load(name)
     extra = dict(asm.manifest_.get("extra") or {})
-    ds = _dataset(extra, dataset, data_dir)
-    if domain not in ds.domains:
-        raise ConfigError(f"unknown domain {domain!r}; valid choices: {', '.join(ds.domains)}")
-    if expert in asm.expert_names:
-        raise ConfigError(f"an expert named {expert!r} is already in {name!r}; remove it first")
+    ds = dataset_for_new_expert(asm, name, expert, domain, data_dir, dataset)
     tr, va = ds.split("train"), ds.split("val")
     echo(f"the generalist labels {len(pool)} pool items; the new expert and the router learn from its confident answers ...")
     info = add_expert_from_teacher(asm, expert, ds.labels_of(domain), pool, tr.items, tr.labels, va.items, va.labels,
@@ -162,12 +169,8 @@ def fold_main(name: str, into: str | None = None, registry: Any = None, *, kind:
     reg = _registry(registry)
     asm = reg.load(name)
     extra = dict(asm.manifest_.get("extra") or {})
-    ds = _dataset(extra, dataset, data_dir)
+    tr, va = _labelled_splits(asm, dataset_for(extra, data_dir, dataset))
     oos = asm.config.oos_label
-    keep = list(asm.labels_.tolist()) + [oos]
-    tr, va = ds.split("train"), ds.split("val")
-    tr = tr.take(np.nonzero(np.isin(tr.labels, keep))[0])
-    va = va.take(np.nonzero(np.isin(va.labels, keep))[0])
     ins = np.flatnonzero(tr.labels != oos)
     ins_va = np.flatnonzero(va.labels != oos)
     echo(f"the assembly answers {len(ins)} train items (escalating as it would serve them); one head learns its answers ...")

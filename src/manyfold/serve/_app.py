@@ -220,27 +220,26 @@ def create_app(config: ServeConfig) -> FastAPI:
                         "card": card.to_dict() if card is not None else {}})
         return out
 
+    async def _change(status: str, run: Any) -> dict[str, Any]:
+        """Run one expert change on the controller; its errors become their HTTP answers."""
+        _ready()
+        try:
+            asm, version = await run()
+        except Exception as exc:
+            _raise_for(exc)
+        return {"status": status, "version": version, "experts": asm.expert_names}
+
     @app.post("/v1/experts", response_model=ChangeResponse, status_code=201, tags=["admin"],
               dependencies=[Depends(admin)], responses={401: err, 403: err, 409: err, 422: err})
     async def add_expert(body: AddExpertRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         """Add an expert trained on the examples given; the router is refitted, a new version saved and swapped in."""
-        _ready()
-        try:
-            asm, version = await ctl.add_expert(body)
-        except Exception as exc:
-            _raise_for(exc)
-        return {"status": "added", "version": version, "experts": asm.expert_names}
+        return await _change("added", lambda: ctl.add_expert(body))
 
     @app.delete("/v1/experts/{name}", response_model=ChangeResponse, tags=["admin"], dependencies=[Depends(admin)],
                 responses={401: err, 403: err, 404: err, 409: err})
     async def remove_expert(name: str) -> dict[str, Any]:
         """Remove an expert; the router is refitted over the others, a new version saved and swapped in."""
-        _ready()
-        try:
-            asm, version = await ctl.remove_expert(name)
-        except Exception as exc:
-            _raise_for(exc)
-        return {"status": "removed", "version": version, "experts": asm.expert_names}
+        return await _change("removed", lambda: ctl.remove_expert(name))
 
     @app.post("/v1/admin/reload", response_model=ChangeResponse, tags=["admin"], dependencies=[Depends(admin)],
               responses={202: {"model": ChangeResponse}, 401: err, 403: err, 409: err})
