@@ -9,13 +9,19 @@ p50/p99 latency and failures:
 1. offline: ``asm.predict`` on batches of 64 of the same texts, in this process, no HTTP
    (first, so that the paced run can aim at a share of it);
 2. micro-batching on, 64 closed-loop clients (each sends its next request as
-   soon as the last one is answered: the server is saturated);
-3. micro-batching off (every request encoded on its own), same clients;
-4. micro-batching on while the assembly is hot-reloaded twice (must have zero failures);
-5. paced: the same 64 clients, but requests arrive as a Poisson stream at
+   soon as the last one is answered: the server is saturated); escalated items
+   wait for the generalist in a stage of their own (the server's default);
+3. ``one_stage``: the same, but every batch runs through the generalist before
+   any of its items is answered (``generalist_stage=False``), for contrast;
+4. micro-batching off (every request encoded on its own), same clients;
+5. micro-batching on while the assembly is hot-reloaded twice (must have zero failures);
+6. paced: the same 64 clients, but requests arrive as a Poisson stream at
    each of ``--paced-fractions`` (default 0.8, 0.5, 0.3) of the offline throughput; a request's
    latency counts from its scheduled arrival, so waiting for a free client is
    not hidden (no coordinated omission).
+
+Latencies are also split by path: requests answered by the experts alone
+and requests escalated to the generalist.
 
 A closed loop of N clients obeys Little's law: mean latency = N / throughput.
 With 64 clients, p99 <= 250 ms needs at least 256 answered requests per
@@ -78,8 +84,9 @@ def bench_registry(args: argparse.Namespace) -> str:
     return str(root)
 
 
-def start_server(args: argparse.Namespace, port: int, micro_batching: bool) -> subprocess.Popen:
-    opts = dict(micro_batching=micro_batching, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+def start_server(args: argparse.Namespace, port: int, micro_batching: bool, generalist_stage: bool = True
+                 ) -> subprocess.Popen:
+    opts = dict(micro_batching=micro_batching, generalist_stage=generalist_stage, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                 max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, log_level="warning",
                 threads=args.server_threads, version=1)
     code = (f"from manyfold.serve import serve_main; "
@@ -165,6 +172,8 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
     latency counts from the request's scheduled arrival.
     """
     lat: list[float] = []
+    escalated: list[bool] = []  # per answered request: did its item go to the generalist
+    lat_ok: list[float] = []
     codes: dict[str, int] = {}
     versions: dict[str, int] = {}
     nxt = 0
@@ -189,8 +198,11 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
                     status, data = await conn.post("/v1/predict", json.dumps({"item": texts[i % len(texts)]}).encode())
                     code = str(status)
                     if status == 200:
-                        v = str(json.loads(data).get("version"))
+                        body = json.loads(data)
+                        v = str(body.get("version"))
                         versions[v] = versions.get(v, 0) + 1
+                        escalated.append(bool(body["predictions"][0]["escalated"]))
+                        lat_ok.append(time.perf_counter() - t0)
                 except OSError as exc:
                     code = type(exc).__name__
                 lat.append(time.perf_counter() - t0)
@@ -205,7 +217,14 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
         side = [await t for t in extra]
     ok = codes.get("200", 0)
     ms = np.array(lat) * 1e3
-    return {"requests": len(lat), "ok": ok, "failed": len(lat) - ok, "status_counts": codes, "seconds": round(wall, 2),
+    by = {}  # latency of the answered requests, split by path: experts only, or escalated to the generalist
+    esc = np.array(escalated, bool)
+    for key, sel in (("experts", ~esc), ("escalated", esc)):
+        part = np.array(lat_ok)[sel] * 1e3
+        if len(part):
+            by[key] = {"requests": int(sel.sum()), "p50_ms": round(float(np.percentile(part, 50)), 1),
+                       "p99_ms": round(float(np.percentile(part, 99)), 1)}
+    return {"by_path": by, "requests": len(lat), "ok": ok, "failed": len(lat) - ok, "status_counts": codes, "seconds": round(wall, 2),
             "throughput_rps": round(ok / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p90_ms": round(float(np.percentile(ms, 90)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "versions_seen": versions, "stopped_by_time_limit": len(lat) < n, **({"reloads": side[0]} if side else {}),
@@ -220,10 +239,10 @@ def server_batches(base: str) -> dict[str, float]:
 
 
 def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching: bool, swap: bool,
-                     rate: float | None = None) -> dict[str, Any]:
+                     rate: float | None = None, generalist_stage: bool = True) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(args, port, micro_batching)
+    proc = start_server(args, port, micro_batching, generalist_stage)
     try:
         startup = wait_ready(proc, base, args.startup_limit)
         asyncio.run(drive(base, texts[::-1], args.warmup, args.concurrency, args.time_limit))  # warm-up, not measured
@@ -291,13 +310,17 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"serve_load{args.suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     off = result.get("offline")
-    rows = ["| run | load | requests | ok | failed | throughput (req/s) | share of offline | p50 ms | p99 ms | mean batch |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | load | requests | ok | failed | throughput (req/s) | share of offline | p50 ms | p90 ms | p99 ms "
+            "| experts-only p50 / p99 ms | escalated p50 / p99 ms | mean batch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in result["phases"].items():
         load = f"Poisson {r['offered_rps']} req/s" if "offered_rps" in r else "closed loop"
         share = f"{r['throughput_rps'] / off['throughput_items_per_s']:.0%}" if off else ""
+        path = {key: (f"{v['p50_ms']} / {v['p99_ms']} ({v['requests']})" if (v := r.get("by_path", {}).get(key)) else "")
+                for key in ("experts", "escalated")}
         rows.append(f"| {k} | {load} | {r['requests']} | {r['ok']} | {r['failed']} | {r['throughput_rps']} | {share} | "
-                    f"{r['p50_ms']} | {r['p99_ms']} | {r.get('server_mean_batch_items', '')} |")
+                    f"{r['p50_ms']} | {r.get('p90_ms', '')} | {r['p99_ms']} | {path['experts']} | {path['escalated']} | "
+                    f"{r.get('server_mean_batch_items', '')} |")
     md = [f"# manyfold serve: load benchmark ({result['assembly']})", "",
           f"- command: `{result['command']}`", f"- date: {result['date']}",
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
@@ -351,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--server-threads", type=int, default=None, help="torch threads of the server (default: torch's)")
     p.add_argument("--reloads", type=int, default=2, help="hot reloads during the hot-swap run")
     p.add_argument("--reload-after", type=float, default=2.0, help="seconds before each reload")
-    p.add_argument("--runs", default="offline,batched,unbatched,hot_swap,paced")
+    p.add_argument("--runs", default="offline,batched,one_stage,unbatched,hot_swap,paced")
     p.add_argument("--paced-fractions", default="0.8,0.5,0.3",
                    help="paced runs: arrival rates as shares of offline throughput (comma-separated)")
     p.add_argument("--note", default="", help="a line printed in the report (e.g. what else ran on the machine)")
@@ -374,16 +397,18 @@ def main(argv: list[str] | None = None) -> None:
         print("running offline ...", flush=True)
         result["offline"] = offline(args, texts)
         print(json.dumps(result["offline"]), flush=True)
-    phases = [("batched", True, False, None), ("unbatched", False, False, None), ("hot_swap", True, True, None)]
+    # (run, micro-batching, hot swap, paced rate, generalist stage)
+    phases = [("batched", True, False, None, True), ("one_stage", True, False, None, False),
+              ("unbatched", False, False, None, False), ("hot_swap", True, True, None, True)]
     if "paced" in runs:
         if "offline" not in result:
             raise SystemExit("the paced runs need the offline run (their rates are shares of offline throughput)")
         for f in (float(v) for v in args.paced_fractions.split(",")):
-            phases.append((f"paced_{int(round(100 * f))}pct", True, False, f * result["offline"]["throughput_items_per_s"]))
-    for run, mb, swap, rate in phases:
+            phases.append((f"paced_{int(round(100 * f))}pct", True, False, f * result["offline"]["throughput_items_per_s"], True))
+    for run, mb, swap, rate, stage in phases:
         if run in runs or run.startswith("paced"):
             print(f"running {run} ...", flush=True)
-            result["phases"][run] = run_server_phase(args, texts, mb, swap, rate)
+            result["phases"][run] = run_server_phase(args, texts, mb, swap, rate, stage)
             print(json.dumps(result["phases"][run]), flush=True)
             write(args, result)
     result["machine"]["loadavg_at_end"] = os.getloadavg()

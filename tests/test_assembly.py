@@ -43,6 +43,27 @@ def test_no_generalist_means_no_escalation(tiny_ds):
     assert not any(p.escalated for p in asm.predict(te.items[:30]))
 
 
+def test_small_pass_then_resolve_is_forward(tiny_asm, tiny_ds):
+    """The two-stage path a server uses gives exactly what forward gives, in any order of the escalated rows."""
+    items = list(tiny_ds.split("test").items)
+    X = tiny_asm.encoder.encode(items)
+    ref = tiny_asm.forward(X, items)
+    out = tiny_asm.small_pass(X)
+    rows = np.nonzero(out.escalated)[0]
+    assert len(rows) > 1 and np.array_equal(out.escalated, ref.escalated)
+    assert np.array_equal(out.final[rows], out.proba[rows])  # not resolved yet: the experts' answer
+    half = rows[::2], rows[1::2]
+    for part in half[::-1]:  # resolved in two calls, the later rows first
+        pg, fg = tiny_asm.generalist.signals([items[i] for i in part])
+        tiny_asm.resolve_escalated(out, part, pg, fg)
+    for k in ("final", "oos_score"):  # the generalist saw other batches: equal up to float rounding
+        np.testing.assert_allclose(getattr(out, k), getattr(ref, k), rtol=1e-4, atol=1e-6, err_msg=k)
+    for k in ("is_oos", "reason", "degraded"):
+        assert np.array_equal(getattr(out, k), getattr(ref, k)), k
+    sub = out.take(rows[:3])
+    assert sub.final.shape == (3, ref.final.shape[1]) and sub.times is out.times
+
+
 def test_failing_generalist_is_an_explicit_counted_fallback(tiny_asm, tiny_ds, monkeypatch):
     def boom(items):
         raise GeneralistError("endpoint down")

@@ -160,6 +160,74 @@ def test_micro_batching_merges_concurrent_requests(asm, texts):
 
 
 # -- bad input: 4xx naming the field --------------------------------------------------------
+class GatedGeneralist:
+    """The real generalist, held until ``gate`` opens (so a test can look while escalated items wait)."""
+
+    def __init__(self, g, delay: float = 0.0) -> None:
+        self.g, self.labels_, self.delay = g, g.labels_, delay
+        self.gate, self.calls = threading.Event(), []
+
+    def signals(self, items):
+        self.calls.append(len(items))
+        assert self.gate.wait(20), "the test never opened the gate"
+        time.sleep(self.delay)
+        return self.g.signals(items)
+
+
+def test_generalist_stage_answers_the_others_first(asm, texts):
+    """An item the experts answer does not wait for an escalated one of the same micro-batch."""
+    esc = asm.forward(asm.encoder.encode(texts), texts).escalated
+    hard, easy = texts[int(esc.argmax())], texts[int((~esc).argmax())]
+    assert esc.any() and (~esc).any()
+    want = {t: p for t, p in zip([hard, easy], asm.predict([hard, easy]))}
+    gated = GatedGeneralist(asm.generalist)
+    app = create_app(ServeConfig(assembly=_variant(asm, generalist=gated), max_wait_ms=50))
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                slow = asyncio.ensure_future(c.post("/v1/predict", json={"item": hard}))
+                fast = await c.post("/v1/predict", json={"item": easy})
+                held = not slow.done()  # the easy one came back while the hard one waits for the generalist
+                depth = _metric((await c.get("/metrics")).text, "manyfold_generalist_queue_depth")
+                gated.gate.set()
+                return fast, await slow, held, depth
+
+    fast, slow, held, depth = asyncio.run(go())
+    assert held and depth == 0  # taken by the generalist worker (which is blocked on the gate)
+    for r, t in ((fast, easy), (slow, hard)):
+        assert r.status_code == 200, r.text
+        p, w = r.json()["predictions"][0], want[t]
+        assert (p["label"], p["escalated"], p["reason"]) == (w.label, w.escalated, w.reason)
+        assert p["confidence"] == pytest.approx(w.confidence, abs=1e-5)
+    assert slow.json()["predictions"][0]["timings_ms"]["generalist"] > 0
+    assert fast.json()["predictions"][0]["timings_ms"]["generalist"] == 0
+
+
+def test_generalist_stage_gathers_escalations_across_requests(asm, texts):
+    """Escalated items of several requests share generalist calls; answers match the one-stage pipeline."""
+    gated = GatedGeneralist(asm.generalist, delay=0.05)
+    gated.gate.set()
+    every = _variant(asm, counters=copy.copy(asm.counters), policy_={**asm.policy_, "confidence_threshold": 2.0})
+    app = create_app(ServeConfig(assembly=_variant(every, generalist=gated), max_wait_ms=5, max_batch_size=4))
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                rs = await asyncio.gather(*[c.post("/v1/predict", json={"items": texts[i:i + 2]})
+                                            for i in range(0, 40, 2)])
+                return rs, (await c.get("/metrics")).text
+
+    rs, m = asyncio.run(go())
+    got = [p for r in rs for p in r.json()["predictions"]]
+    want = every.predict(texts)
+    assert [(p["label"], p["escalated"]) for p in got] == [(w.label, w.escalated) for w in want]
+    n_esc = sum(w.escalated for w in want)
+    assert n_esc == len(texts)
+    assert sum(gated.calls) == n_esc and _metric(m, "manyfold_generalist_batch_size_items_sum") == n_esc
+    assert len(gated.calls) < n_esc  # at least one call served items of more than one request
+
+
 def test_bad_input_names_the_field(asm):
     with _client(asm, max_items_per_request=4, max_body_bytes=5000) as c:
         r = c.post("/v1/predict", json={"items": ["a"] * 5})

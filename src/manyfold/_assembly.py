@@ -38,6 +38,10 @@ class StageOutput:
     def __init__(self, **kw: Any) -> None:
         self.__dict__.update(kw)
 
+    def take(self, rows: np.ndarray) -> "StageOutput":
+        """The outputs of ``rows`` only (arrays sliced; ``times`` shared)."""
+        return StageOutput(**{k: v[rows] if isinstance(v, np.ndarray) else v for k, v in self.__dict__.items()})
+
 
 class Assembly:
     """Many small experts behind a router, with a big generalist behind them.
@@ -121,7 +125,37 @@ class Assembly:
 
     def forward(self, X: np.ndarray, items: Sequence[Any] | None = None, *, escalate: bool = True,
                 top: int | None = None, generalist_signals: Any = None) -> StageOutput:
-        """Array-level pass on encoded items ``X``. ``items`` are needed only to escalate."""
+        """Array-level pass on encoded items ``X``. ``items`` are needed only to escalate.
+
+        The same as :meth:`small_pass` followed, for the rows it escalates, by the
+        generalist's signals and :meth:`resolve_escalated` (or :meth:`mark_degraded`
+        when the generalist fails).
+        """
+        out = self.small_pass(X, top=top, escalate=escalate)
+        rows = np.nonzero(out.escalated)[0]
+        if len(rows):
+            t0 = time.perf_counter()
+            try:
+                if generalist_signals is not None:
+                    pg, fg = generalist_signals(rows)
+                else:
+                    if items is None:
+                        raise ConfigError("forward() needs the items to escalate to the generalist")
+                    pg, fg = self.generalist.signals([items[i] for i in rows])
+            except GeneralistError as exc:  # explicit, counted fallback: keep the experts' answer
+                self.mark_degraded(out, rows, exc)
+            else:
+                self.resolve_escalated(out, rows, pg, fg)
+            out.times["generalist"] = time.perf_counter() - t0
+        return out
+
+    def small_pass(self, X: np.ndarray, *, top: int | None = None, escalate: bool = True) -> StageOutput:
+        """Router, experts and stage-1 out-of-scope score; marks (and counts) the rows to escalate.
+
+        Escalated rows keep the experts' answer until :meth:`resolve_escalated`
+        (or :meth:`mark_degraded`) is called for them; a server can answer the
+        other rows at once and send these to the generalist on their own.
+        """
         self._check_ready()
         P = self.policy_
         pr, idx, w, proba, times = self._small_stage(X, top or self.config.top_k)
@@ -131,10 +165,6 @@ class Assembly:
         n = len(X)
         esc = np.zeros(n, bool)
         reason = np.array([None] * n, dtype=object)
-        final = proba.copy()
-        oos = oos1.copy()
-        is_oos = oos1 >= P["oos_threshold_small"]
-        degraded = np.zeros(n, bool)
         times["generalist"] = 0.0
         if escalate and self.generalist is not None:
             low = conf < P["confidence_threshold"]
@@ -142,30 +172,25 @@ class Assembly:
             esc = low | maybe_oos
             reason[low] = "low_confidence"
             reason[maybe_oos] = "possible_out_of_scope"
-            rows = np.nonzero(esc)[0]
-            if len(rows):
-                t0 = time.perf_counter()
-                try:
-                    if generalist_signals is not None:
-                        pg, fg = generalist_signals(rows)
-                    else:
-                        if items is None:
-                            raise ConfigError("forward() needs the items to escalate to the generalist")
-                        pg, fg = self.generalist.signals([items[i] for i in rows])
-                except GeneralistError as exc:  # explicit, counted fallback: keep the experts' answer
-                    self.counters["generalist_failures"] += 1
-                    degraded[rows] = True
-                    reason[rows] = f"generalist_failed: {exc}"
-                    is_oos[rows] = oos1[rows] >= P["oos_threshold_small"]
-                else:
-                    final[rows] = self._fuse(proba[rows], self._generalist_inscope(pg))
-                    oos[rows] = self.detector2_.predict_proba(np.concatenate([F1[rows], fg], 1))
-                    is_oos[rows] = oos[rows] >= P["oos_threshold_escalated"]
-                times["generalist"] = time.perf_counter() - t0
         self.counters["items"] += n
         self.counters["escalated"] += int(esc.sum())
-        return StageOutput(router_proba=pr, expert_idx=idx, expert_w=w, proba=proba, final=final, oos_score=oos,
-                           oos_small=oos1, is_oos=is_oos, escalated=esc, reason=reason, degraded=degraded, times=times)
+        return StageOutput(router_proba=pr, expert_idx=idx, expert_w=w, proba=proba, final=proba.copy(),
+                           oos_score=oos1.copy(), oos_small=oos1, is_oos=oos1 >= P["oos_threshold_small"],
+                           escalated=esc, reason=reason, degraded=np.zeros(n, bool), times=times, features=F1)
+
+    def resolve_escalated(self, out: StageOutput, rows: np.ndarray, pg: np.ndarray, fg: np.ndarray) -> None:
+        """Fuse the generalist's answer (``pg``, ``fg`` from ``generalist.signals``) into escalated ``rows`` of ``out``."""
+        P = self.policy_
+        out.final[rows] = self._fuse(out.proba[rows], self._generalist_inscope(pg))
+        out.oos_score[rows] = self.detector2_.predict_proba(np.concatenate([out.features[rows], fg], 1))
+        out.is_oos[rows] = out.oos_score[rows] >= P["oos_threshold_escalated"]
+
+    def mark_degraded(self, out: StageOutput, rows: np.ndarray, exc: BaseException) -> None:
+        """The generalist failed for ``rows``: they keep the experts' answer, flagged degraded (counted)."""
+        self.counters["generalist_failures"] += 1
+        out.degraded[rows] = True
+        out.reason[rows] = f"generalist_failed: {exc}"
+        out.is_oos[rows] = out.oos_small[rows] >= self.policy_["oos_threshold_small"]
 
     def predict(self, items: Sequence[Any], *, escalate: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per item."""

@@ -219,11 +219,15 @@ def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
           threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: torch's choice)"),
           request_log: Optional[str] = typer.Option(None, "--request-log",
                                                     help="append every answered request to this JSONL file (a pool for distill)"),
+          generalist_stage: bool = typer.Option(True, "--generalist-stage/--one-stage",
+                                                help="escalated items wait for the generalist in a stage of their own "
+                                                     "(the others are answered at once); --one-stage waits for the whole batch"),
           ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve (needs manyfold[ray])")) -> None:
     """Serve a saved assembly over HTTP (FastAPI + uvicorn, or Ray Serve with --ray)."""
     from .serve import serve_main
 
-    serve_main(name, host, port, None, ray=ray, threads=threads, request_log=request_log)
+    serve_main(name, host, port, None, ray=ray, threads=threads, request_log=request_log,
+               generalist_stage=generalist_stage)
 
 
 @app.command("distill")

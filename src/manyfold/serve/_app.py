@@ -74,7 +74,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     PredictRequest, RouteRequest, AddExpertRequest = M.PredictRequest, M.RouteRequest, M.AddExpertRequest
     if config.micro_batching:
         runner: Any = MicroBatcher(engine.run_batch, metrics, max_batch_size=config.max_batch_size,
-                                   max_wait_ms=config.max_wait_ms, max_queue=config.max_queue)
+                                   max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
+                                   run_generalist=engine.run_generalist if config.generalist_stage else None)
     else:
         runner = DirectRunner(engine.run_batch, metrics, max_queue=config.max_queue)
     token = config.resolved_admin_token()

@@ -30,6 +30,9 @@ class ServeConfig:
       than this runs alone); ``max_wait_ms``: how long the batcher waits for more
       requests after the first; ``max_queue``: requests waiting or running
       before new ones get 503; ``micro_batching``: off runs each request on its own.
+    - ``generalist_stage`` (with micro-batching): escalated items wait for the
+      generalist in a stage of their own, so the other items of a batch are
+      answered as soon as the experts have; off runs each batch through both.
     - ``request_timeout_s``: a request not answered by then gets 504.
     - ``max_items_per_request`` (422 beyond), ``max_body_bytes`` (413 beyond).
     - ``dataset``: a :class:`~manyfold.Dataset` (or a dataset name, loaded from
@@ -55,6 +58,7 @@ class ServeConfig:
     max_items_per_request: int = 256
     max_body_bytes: int = 1 << 20
     micro_batching: bool = True
+    generalist_stage: bool = True
     dataset: Any = None
     data_dir: str | None = None
     save_changes: bool = True

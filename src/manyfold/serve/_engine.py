@@ -11,6 +11,12 @@ generalist that fails leaves the experts' answer flagged ``degraded`` (done by
 the assembly, counted here in ``manyfold_generalist_failures``); an item no
 part could answer gets an exception, which its request turns into an error
 status.
+
+Two stages: with ``defer=True`` a batch runs only the small stage (encoder,
+router, experts, stage-1 out-of-scope) and hands back a :class:`Pending` for
+each item it escalates; :meth:`Engine.run_generalist` finishes pending items
+(of any batches) with one generalist call. The micro-batcher answers the
+other items at once, so they never wait behind the big model.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +34,7 @@ from .._prediction import Prediction
 from ..routers import top_k
 from ._metrics import ServeMetrics
 
-__all__ = ["Engine", "PipelineError"]
+__all__ = ["Engine", "Pending", "PipelineError"]
 
 log = logging.getLogger("manyfold.serve")
 
@@ -39,6 +46,21 @@ class PipelineError(ManyfoldError, RuntimeError):
 def _predictions(asm: Any, out: Any, per: dict[str, float]) -> list[Prediction]:
     """Turn a :class:`StageOutput` into predictions (the same fields as ``Assembly.predict``)."""
     return asm.to_predictions(out, per)
+
+
+@dataclass(eq=False)
+class Pending:
+    """An item the small stage escalated; :meth:`Engine.run_generalist` finishes it.
+
+    ``out`` is its batch's small-stage output (shared by the batch's pending
+    rows), ``row`` its row there, ``per`` the small stage's per-item timings (ms).
+    """
+
+    asm: Any
+    out: Any
+    row: int
+    item: Any
+    per: dict[str, float]
 
 
 class Engine:
@@ -61,11 +83,13 @@ class Engine:
         self.metrics.version.set(version or 0)
 
     # -- one batch ------------------------------------------------------------------
-    def run_batch(self, items: Sequence[str], escalate: Sequence[bool]) -> list[Prediction | BaseException]:
+    def run_batch(self, items: Sequence[str], escalate: Sequence[bool], defer: bool = False
+                  ) -> list[Prediction | Pending | BaseException]:
         """Answer ``items`` with ONE encoder batch; per item a Prediction, or the exception that stopped it.
 
-        ``escalate[i]`` says whether item ``i`` may go to the generalist. Runs in
-        a worker thread (blocking, CPU-bound).
+        ``escalate[i]`` says whether item ``i`` may go to the generalist. With
+        ``defer`` an escalated item is returned as a :class:`Pending` for
+        :meth:`run_generalist`. Runs in a worker thread (blocking, CPU-bound).
         """
         asm = self.asm  # the snapshot this batch runs on
         m = self.metrics
@@ -79,12 +103,12 @@ class Engine:
             m.batch_errors.labels(type(exc).__name__).inc(n)
             return [exc] * n
         t_enc = time.perf_counter() - t0
-        results: list[Prediction | BaseException] = [PipelineError("not answered")] * n
+        results: list[Prediction | Pending | BaseException] = [PipelineError("not answered")] * n
         esc = np.asarray(escalate, bool)
         for flag in (True, False):
             rows = np.nonzero(esc == flag)[0]
             if len(rows):
-                part = self._forward(asm, X[rows], [items[i] for i in rows], flag, t_enc * len(rows) / n, n)
+                part = self._forward(asm, X[rows], [items[i] for i in rows], flag, t_enc * len(rows) / n, n, defer)
                 for r, p in zip(rows.tolist(), part):
                     results[r] = p
         m.stage_latency.labels("encode").observe(t_enc)
@@ -92,10 +116,10 @@ class Engine:
         return results
 
     def _forward(self, asm: Any, X: np.ndarray, items: list[str], escalate: bool, t_enc: float,
-                 batch_n: int) -> list[Prediction | BaseException]:
+                 batch_n: int, defer: bool = False) -> list[Prediction | Pending | BaseException]:
         t0 = time.perf_counter()
         try:
-            out = asm.forward(X, items, escalate=escalate)
+            out = asm.small_pass(X, escalate=escalate) if defer else asm.forward(X, items, escalate=escalate)
         except GeneralistError:  # the assembly handles these itself; anything else here is a bug upstream
             raise
         except Exception as exc:
@@ -104,11 +128,75 @@ class Engine:
         total = t_enc + time.perf_counter() - t0
         per = {k: round(1e3 * v / len(items), 4) for k, v in {"encode": t_enc, **out.times, "total": total}.items()}
         per["batch_items"] = float(batch_n)
-        return list(_predictions(asm, out, per))
+        if not (defer and out.escalated.any()):
+            return list(_predictions(asm, out, per))
+        results: list[Prediction | Pending | BaseException] = [None] * len(items)  # type: ignore[list-item]
+        now = np.nonzero(~out.escalated)[0]
+        for r, p in zip(now.tolist(), _predictions(asm, out.take(now), per) if len(now) else []):
+            results[r] = p
+        for r in np.nonzero(out.escalated)[0].tolist():
+            results[r] = Pending(asm, out, r, items[r], per)
+        return results
+
+    # -- the generalist stage ---------------------------------------------------------
+    def run_generalist(self, pending: Sequence[Pending]) -> list[Prediction | BaseException]:
+        """Finish escalated items (from any batches) with one generalist call per assembly snapshot.
+
+        A :class:`GeneralistError` leaves the experts' answer flagged
+        ``degraded`` (counted); any other error fails those items (logged, counted).
+        """
+        m = self.metrics
+        results: list[Prediction | BaseException] = [PipelineError("not answered")] * len(pending)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(pending):
+            groups.setdefault(id(p.asm), []).append(i)
+        for idx in groups.values():
+            for i, r in zip(idx, self._generalist_group(pending[idx[0]].asm, [pending[i] for i in idx])):
+                results[i] = r
+        return results
+
+    def _generalist_group(self, asm: Any, pending: list[Pending]) -> list[Prediction | BaseException]:
+        m = self.metrics
+        n = len(pending)
+        m.generalist_batch_size.observe(n)
+        t0 = time.perf_counter()
+        try:
+            pg, fg = asm.generalist.signals([p.item for p in pending])
+        except GeneralistError as exc:  # explicit, counted fallback: the experts' answer, flagged degraded
+            failed: BaseException | None = exc
+            m.generalist_failures.inc()
+            m.degraded_items.inc(n)
+            log.warning("generalist failed on %d escalated items (answered degraded): %s", n, exc)
+        except Exception as exc:  # not a generalist's documented failure: these items get an error status
+            log.exception("generalist stage failed on %d items", n)
+            m.batch_errors.labels(type(exc).__name__).inc(n)
+            return [exc] * n
+        else:
+            failed = None
+        t_gen = time.perf_counter() - t0
+        m.stage_latency.labels("generalist").observe(t_gen)
+        batches: dict[int, list[int]] = {}
+        for i, p in enumerate(pending):
+            batches.setdefault(id(p.out), []).append(i)
+        results: list[Prediction | BaseException] = [PipelineError("not answered")] * n
+        gen_ms = round(1e3 * t_gen / n, 4)
+        for sel in batches.values():
+            out = pending[sel[0]].out
+            rows = np.array([pending[i].row for i in sel])
+            if failed is None:
+                asm.resolve_escalated(out, rows, pg[sel], fg[sel])
+            else:
+                asm.mark_degraded(out, rows, failed)
+            small = pending[sel[0]].per
+            per = {**small, "generalist": gen_ms, "total": round(small["total"] + gen_ms, 4)}
+            for i, pred in zip(sel, _predictions(asm, out.take(rows), per)):
+                results[i] = pred
+        return results
 
     def _count(self, asm: Any, out: Any) -> None:
         m = self.metrics
-        m.observe_stages(out.times)
+        # the generalist's time is observed only where it ran (deferred items: in the generalist stage)
+        m.observe_stages({k: v for k, v in out.times.items() if k != "generalist" or v > 0})
         m.items.inc(len(out.final))
         names = asm.router.experts_
         for i in np.nonzero(out.escalated)[0].tolist():

@@ -22,7 +22,7 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     ``registry``: registry root (default ``$MANYFOLD_HOME/registry``). ``opts``
     are :class:`ServeConfig` fields (``version``, ``admin_token``,
     ``max_batch_size``, ``max_wait_ms``, ``max_queue``, ``request_timeout_s``,
-    ``max_items_per_request``, ``max_body_bytes``, ``micro_batching``,
+    ``max_items_per_request``, ``max_body_bytes``, ``micro_batching``, ``generalist_stage``,
     ``dataset``, ``data_dir``, ``save_changes``). ``ray=True`` deploys on Ray
     Serve instead of uvicorn (experts and generalist as their own deployments).
     ``threads``: torch intra-op threads of the server process (default: torch's

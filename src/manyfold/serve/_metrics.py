@@ -34,6 +34,10 @@ class ServeMetrics:
         self.batch_requests = pc.Histogram("manyfold_batch_size_requests", "requests per micro-batch",
                                            buckets=_SIZES, registry=r)
         self.queue_depth = pc.Gauge("manyfold_queue_depth", "requests waiting for a batch", registry=r)
+        self.generalist_batch_size = pc.Histogram("manyfold_generalist_batch_size_items",
+                                                  "escalated items per generalist call", buckets=_SIZES, registry=r)
+        self.generalist_queue_depth = pc.Gauge("manyfold_generalist_queue_depth",
+                                               "escalated items waiting for the generalist", registry=r)
         self.in_flight = pc.Gauge("manyfold_requests_in_flight", "predict requests accepted and not yet answered",
                                   registry=r)
         self.items = pc.Counter("manyfold_items", "items answered", registry=r)
