@@ -367,6 +367,32 @@ def test_generalist_failure_is_degraded_and_counted(asm, texts):
         assert _metric(m, "manyfold_degraded_items_total") == 5
 
 
+def test_generalist_that_times_out_is_degraded_and_counted(asm, texts):
+    """A real LLM endpoint that never answers: the client's timeout becomes degraded answers, counted."""
+    import socket
+
+    from manyfold.generalists import OpenAIGeneralist
+
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        llm = OpenAIGeneralist(url, timeout=0.3).fit(None, asm.generalist.labels_)
+        every = _variant(asm, generalist=llm, counters=copy.copy(asm.counters),
+                         policy_={**asm.policy_, "confidence_threshold": 2.0})
+        with _client(every) as c:
+            t0 = time.perf_counter()
+            r = c.post("/v1/predict", json={"items": texts[:3]})
+            assert r.status_code == 200 and time.perf_counter() - t0 < 10
+            preds = r.json()["predictions"]
+            assert all(p["degraded"] and p["escalated"] and p["reason"].startswith("generalist_failed") for p in preds)
+            assert all("timed out" in p["reason"].lower() or "timeout" in p["reason"].lower() for p in preds), preds[0]
+            assert [p["label"] for p in preds] == [p.label for p in _variant(every, generalist=None).predict(texts[:3])]
+            m = c.get("/metrics").text
+            assert _metric(m, "manyfold_generalist_failures_total") == 1
+            assert _metric(m, "manyfold_degraded_items_total") == 3
+
+
 # -- hot swap -----------------------------------------------------------------------------
 def test_hot_swap_under_concurrent_requests(asm, home, texts):
     reg = manyfold.Registry()
