@@ -465,3 +465,39 @@ def test_fuzz_openapi_no_server_error(asm):
                 assert mode == schemathesis.GenerationMode.NEGATIVE
     assert "POST /v1/predict" in seen and 200 in seen["POST /v1/predict"] and 422 in seen["POST /v1/predict"]
     assert all(code < 500 for codes in seen.values() for code in codes), seen
+
+
+def test_shutdown_answers_requests_in_either_stage():
+    """Stopping the batcher fails every request it holds (small stage, generalist stage, queued): none hangs."""
+    from manyfold.serve._batching import MicroBatcher
+    from manyfold.serve._engine import Pending
+    from manyfold.serve._metrics import ServeMetrics
+
+    gate = threading.Event()
+
+    def run_batch(items, flags, defer=False):  # "esc..." items escalate; "slow..." items hold the small stage
+        if any(i.startswith("slow") for i in items):
+            gate.wait(5)
+        return [Pending(None, None, 0, i, {}) if i.startswith("esc") else i.upper() for i in items]
+
+    def run_generalist(pending):
+        gate.wait(5)
+        return [p.item.upper() for p in pending]
+
+    async def go():
+        b = MicroBatcher(run_batch, ServeMetrics(), max_batch_size=1, max_wait_ms=0, max_queue=8,
+                         run_generalist=run_generalist)
+        await b.start()
+        easy = b.submit(["easy"], True)
+        assert (await asyncio.wait_for(easy, 2))[0] == ["EASY"]
+        held = b.submit(["esc-1"], True)  # its generalist call blocks on the gate
+        await asyncio.sleep(0.2)
+        small = b.submit(["slow-1"], True)  # its small batch blocks on the gate
+        await asyncio.sleep(0.2)
+        queued = b.submit(["later"], True)  # waits behind it
+        await b.stop()
+        gate.set()
+        return await asyncio.wait_for(asyncio.gather(held, small, queued, return_exceptions=True), 5)
+
+    out = asyncio.run(go())
+    assert all(isinstance(r, Exception) and "shutting down" in str(r) for r in out), out

@@ -74,6 +74,7 @@ class MicroBatcher:
         self.gen_queue: asyncio.Queue[tuple[_Job, int, Any]] = asyncio.Queue()
         self._gen_jobs: set[_Job] = set()  # requests waiting for the generalist
         self._carry: _Job | None = None
+        self._running: list[_Job] = []  # the small stage's batch in flight
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -98,6 +99,10 @@ class MicroBatcher:
         self._tasks = []
         waiting = [self.queue.get_nowait() for _ in range(self.queue.qsize())]
         waiting += [self.gen_queue.get_nowait()[0] for _ in range(self.gen_queue.qsize())]
+        waiting += [*self._gen_jobs, *self._running]  # also those whose call was cut short
+        if self._carry is not None:
+            waiting.append(self._carry)
+            self._carry = None
         for job in waiting:  # nobody will answer these: say so
             if not job.future.done():
                 job.future.set_exception(QueueFullError("the server is shutting down"))
@@ -157,6 +162,7 @@ class MicroBatcher:
             self.metrics.batch_requests.observe(len(jobs))
             items = [it for j in jobs for it in j.items]
             flags = [j.escalate for j in jobs for _ in j.items]
+            self._running = jobs
             try:
                 if self.run_generalist is None:
                     results = await asyncio.to_thread(self.run_batch, items, flags)
@@ -164,8 +170,10 @@ class MicroBatcher:
                     results = await asyncio.to_thread(self.run_batch, items, flags, True)
             except Exception as exc:  # run_batch returns per-item errors; this is a bug: fail the batch loudly
                 log.exception("a batch of %d requests failed", len(jobs))
+                self._running = []
                 _fail(jobs, exc)
                 continue
+            self._running = []  # (left set when cancelled: stop() answers them)
             at = 0
             for j in jobs:
                 j.results, j.queued = results[at:at + len(j.items)], started - j.enqueued
