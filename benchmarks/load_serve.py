@@ -15,7 +15,7 @@ p50/p99 latency and failures:
    any of its items is answered (``generalist_stage=False``), for contrast;
 4. micro-batching off (every request encoded on its own), same clients;
 5. micro-batching on while the assembly is hot-reloaded twice (must have zero failures);
-6. paced: the same 64 clients, but requests arrive as a Poisson stream at
+6. paced (on the two-stage server, then on a one-stage one with the same arrivals): the same 64 clients, but requests arrive as a Poisson stream at
    each of ``--paced-fractions`` (default 0.8, 0.5, 0.3) of the offline throughput; a request's
    latency counts from its scheduled arrival, so waiting for a free client is
    not hidden (no coordinated omission).
@@ -336,12 +336,14 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
                f"this assembly answers {off['throughput_items_per_s']} items/s offline on this machine, so the closed-loop "
                f"runs cannot get below ~{1e3 * result['concurrency'] / off['throughput_items_per_s']:.0f} ms mean latency here."]
         checks = []
-        b = result["phases"].get("batched")
-        if b:
-            checks.append(f"closed loop, micro-batching: {b['throughput_rps'] / off['throughput_items_per_s']:.0%} of offline "
-                          f"throughput (target >= 80%: {'holds' if b['throughput_rps'] >= 0.8 * off['throughput_items_per_s'] else 'NOT met'}), "
-                          f"p99 {b['p99_ms']} ms (target <= 250 ms: {'holds' if b['p99_ms'] <= 250 else 'NOT met'}), "
-                          f"{b['failed']} failed")
+        for key, label in (("batched", "two stages"), ("one_stage", "one stage")):
+            b = result["phases"].get(key)
+            if b:
+                checks.append(f"closed loop, micro-batching ({label}): {b['throughput_rps'] / off['throughput_items_per_s']:.0%} "
+                              f"of offline throughput (target >= 80%: "
+                              f"{'holds' if b['throughput_rps'] >= 0.8 * off['throughput_items_per_s'] else 'NOT met'}), "
+                              f"p99 {b['p99_ms']} ms (target <= 250 ms: {'holds' if b['p99_ms'] <= 250 else 'NOT met'}), "
+                              f"{b['failed']} failed")
         for name, pc in result["phases"].items():
             if "offered_rps" in pc:
                 checks.append(f"{name} (Poisson, {pc['offered_rps']} req/s offered): {pc['throughput_rps']} req/s answered = "
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default="offline,batched,one_stage,unbatched,hot_swap,paced")
     p.add_argument("--paced-fractions", default="0.8,0.5,0.3",
                    help="paced runs: arrival rates as shares of offline throughput (comma-separated)")
+    p.add_argument("--no-paced-one-stage", dest="paced_one_stage", action="store_false",
+                   help="skip the one-stage server in the paced runs (by default each rate runs on both)")
     p.add_argument("--note", default="", help="a line printed in the report (e.g. what else ran on the machine)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--suffix", default="", help="result files: serve_load<suffix>.json / .md")
@@ -404,7 +408,10 @@ def main(argv: list[str] | None = None) -> None:
         if "offline" not in result:
             raise SystemExit("the paced runs need the offline run (their rates are shares of offline throughput)")
         for f in (float(v) for v in args.paced_fractions.split(",")):
-            phases.append((f"paced_{int(round(100 * f))}pct", True, False, f * result["offline"]["throughput_items_per_s"], True))
+            rate = f * result["offline"]["throughput_items_per_s"]
+            phases.append((f"paced_{int(round(100 * f))}pct", True, False, rate, True))
+            if args.paced_one_stage:  # the same arrivals (same seed) on a one-stage server
+                phases.append((f"paced_{int(round(100 * f))}pct_one_stage", True, False, rate, False))
     for run, mb, swap, rate, stage in phases:
         if run in runs or run.startswith("paced"):
             print(f"running {run} ...", flush=True)
