@@ -172,8 +172,7 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
     latency counts from the request's scheduled arrival.
     """
     lat: list[float] = []
-    escalated: list[bool] = []  # per answered request: did its item go to the generalist
-    lat_ok: list[float] = []
+    path: list[str | None] = []  # per request: "experts" or "escalated" when answered, else None
     codes: dict[str, int] = {}
     versions: dict[str, int] = {}
     nxt = 0
@@ -194,18 +193,20 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
                 if arrivals is not None:
                     t0 = start + float(arrivals[i])
                     await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
+                way = None
                 try:
                     status, data = await conn.post("/v1/predict", json.dumps({"item": texts[i % len(texts)]}).encode())
+                    lat.append(time.perf_counter() - t0)
                     code = str(status)
                     if status == 200:
                         body = json.loads(data)
                         v = str(body.get("version"))
                         versions[v] = versions.get(v, 0) + 1
-                        escalated.append(bool(body["predictions"][0]["escalated"]))
-                        lat_ok.append(time.perf_counter() - t0)
+                        way = "escalated" if body["predictions"][0]["escalated"] else "experts"
                 except OSError as exc:
+                    lat.append(time.perf_counter() - t0)
                     code = type(exc).__name__
-                lat.append(time.perf_counter() - t0)
+                path.append(way)
                 codes[code] = codes.get(code, 0) + 1
 
         t0 = start
@@ -218,9 +219,10 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
     ok = codes.get("200", 0)
     ms = np.array(lat) * 1e3
     by = {}  # latency of the answered requests, split by path: experts only, or escalated to the generalist
-    esc = np.array(escalated, bool)
-    for key, sel in (("experts", ~esc), ("escalated", esc)):
-        part = np.array(lat_ok)[sel] * 1e3
+    ways = np.array(path, dtype=object)
+    for key in ("experts", "escalated"):
+        sel = ways == key
+        part = ms[sel]
         if len(part):
             by[key] = {"requests": int(sel.sum()), "p50_ms": round(float(np.percentile(part, 50)), 1),
                        "p99_ms": round(float(np.percentile(part, 99)), 1)}

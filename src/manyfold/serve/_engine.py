@@ -43,11 +43,6 @@ class PipelineError(ManyfoldError, RuntimeError):
     """No part of the assembly could answer an item (e.g. its expert and the generalist both failed)."""
 
 
-def _predictions(asm: Any, out: Any, per: dict[str, float]) -> list[Prediction]:
-    """Turn a :class:`StageOutput` into predictions (the same fields as ``Assembly.predict``)."""
-    return asm.to_predictions(out, per)
-
-
 @dataclass(eq=False)
 class Pending:
     """An item the small stage escalated; :meth:`Engine.run_generalist` finishes it.
@@ -129,10 +124,10 @@ class Engine:
         per = {k: round(1e3 * v / len(items), 4) for k, v in {"encode": t_enc, **out.times, "total": total}.items()}
         per["batch_items"] = float(batch_n)
         if not (defer and out.escalated.any()):
-            return list(_predictions(asm, out, per))
+            return asm.to_predictions(out, per)
         results: list[Prediction | Pending | BaseException] = [None] * len(items)  # type: ignore[list-item]
         now = np.nonzero(~out.escalated)[0]
-        for r, p in zip(now.tolist(), _predictions(asm, out.take(now), per) if len(now) else []):
+        for r, p in zip(now.tolist(), asm.to_predictions(out.take(now), per)):
             results[r] = p
         for r in np.nonzero(out.escalated)[0].tolist():
             results[r] = Pending(asm, out, r, items[r], per)
@@ -145,7 +140,6 @@ class Engine:
         A :class:`GeneralistError` leaves the experts' answer flagged
         ``degraded`` (counted); any other error fails those items (logged, counted).
         """
-        m = self.metrics
         results: list[Prediction | BaseException] = [PipelineError("not answered")] * len(pending)
         groups: dict[int, list[int]] = {}
         for i, p in enumerate(pending):
@@ -189,7 +183,7 @@ class Engine:
                 asm.mark_degraded(out, rows, failed)
             small = pending[sel[0]].per
             per = {**small, "generalist": gen_ms, "total": round(small["total"] + gen_ms, 4)}
-            for i, pred in zip(sel, _predictions(asm, out.take(rows), per)):
+            for i, pred in zip(sel, asm.to_predictions(out.take(rows), per)):
                 results[i] = pred
         return results
 
