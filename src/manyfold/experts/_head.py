@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._components import register_component
 from .._estimator import BaseEstimator, check_features, check_fitted
 from .._exceptions import ConfigError
 from .._heads import HeadSpec, fit_temperature, head_logits, head_size, softmax, train_head
@@ -27,6 +28,7 @@ def check_name(name: Any, what: str = "expert") -> str:
     return name
 
 
+@register_component
 class HeadExpert(BaseEstimator):
     """A small specialist: a head over features that knows its own labels.
 
