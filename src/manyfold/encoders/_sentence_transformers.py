@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import ConfigError, missing_dependency
-from ._common import check_texts, empty_matrix, format_options
+from ._common import TextEncoder, check_texts, empty_matrix, format_options
 from ._models import ALIAS_DIMS, minilm_model_path, mpnet_model_path
 
 __all__ = ["SentenceTransformerEncoder", "ST_ALIASES"]
@@ -26,7 +26,7 @@ def _model_dim(model: Any) -> int:
     return int(fn())
 
 
-class SentenceTransformerEncoder:
+class SentenceTransformerEncoder(TextEncoder):
     """A ``sentence_transformers.SentenceTransformer`` model behind the Encoder protocol.
 
     ``model`` is one of:
@@ -43,8 +43,6 @@ class SentenceTransformerEncoder:
     models trained with instructions such as ``"query: "``); with ``normalize``
     the rows are L2-normalised. Torch's thread settings are left untouched.
     """
-
-    modality = "text"
 
     def __init__(self, model: str = "minilm", *, normalize: bool = True, device: str = "cpu", prefix: str = "") -> None:
         if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
