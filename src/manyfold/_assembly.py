@@ -190,7 +190,7 @@ class Assembly:
     def predict(self, items: Sequence[Any], *, escalate: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per item."""
         self._check_ready()
-        items = check_items(items, modality=getattr(self.encoder, "modality", None), max_chars=self.config.max_chars)
+        items = check_items(items, encoder=self.encoder, max_chars=self.config.max_chars)
         t0 = time.perf_counter()
         X = self.encoder.encode(items)
         t_enc = time.perf_counter() - t0
