@@ -343,7 +343,7 @@ def load_files(
     See :func:`manyfold.data.load_dataset` for the options; this is its path for
     anything that is not a built-in name.
     """
-    path = Path(source).expanduser().resolve()
+    path = Path(os.path.abspath(Path(source).expanduser()))  # absolute, symlinks kept as given
     if path.is_dir():
         files, fmt = _folder_files(path)
     elif path.is_file():
@@ -474,6 +474,8 @@ def _build(path: Path, files: dict[str, Path], blobs: dict[str, bytes], fmt: str
                 first_seen.setdefault(lab, t.at(i))
 
     counts = Counter(lab for lab in labels[main] if lab != oos)
+    if not counts:
+        raise DataError(f"{str(files[main])!r} has no in-scope labels: every row is out-of-scope ({oos!r})")
     for lab, n in sorted(counts.items()):
         if n < 2:
             raise DataError(
