@@ -127,3 +127,40 @@ def test_errors_are_named():
         FlatClassifier().report(X, y)
     assert FlatClassifier(l2=0.1).get_params() == {"kind": "linear", "l2": 0.1, "max_iter": 300, "seed": 0,
                                                    "oos_label": OOS, "target_false_oos_rate": 0.02}
+
+
+def test_demo_flat_rows_use_the_fair_baseline(data_dir, tmp_path, monkeypatch):
+    """The demo's wiring on a CLINC150 subset with model-free encoders (the full demo encodes 23k texts)."""
+    import manyfold
+    from manyfold import _demo
+
+    tiny = manyfold.load_dataset("clinc150", data_dir).subset(5, seed=0)
+    real_assemble = _demo.assemble
+    monkeypatch.setattr(_demo, "load_dataset", lambda name, d: tiny)
+    monkeypatch.setattr(_demo, "assemble", lambda ds, **kw: real_assemble(
+        ds, encoder="hashing:dim=512", cache=False, **{**kw, "show_progress": False}))
+    res = _demo.run_demo(data_dir=str(data_dir), generalist="hashing:dim=1024",
+                         registry=manyfold.Registry(tmp_path / "reg"), log=lambda m: None)
+    rows = {r["system"]: r for r in res["rows"]}
+    assert list(rows) == ["flat small (MiniLM, one head)", "big generalist alone (hashing:dim=1024)",
+                          "assembly (experts only)", "assembly + escalation"]
+    keys = ("in_scope_accuracy_closed", "in_scope_accuracy", "oos_recall", "oos_auroc", "escalation_rate",
+            "ms_per_item_after_encoding")
+    for name in list(rows)[:2]:
+        assert set(rows[name]) == {"system", *keys}
+        assert all(isinstance(rows[name][k], float) and 0.0 <= rows[name][k] for k in keys)
+    # the flat small row is exactly a FlatClassifier trained on the train split, OOS items as a class
+    enc = manyfold.get_encoder("hashing:dim=512")
+    tr, va, te = tiny.split("train"), tiny.split("val"), tiny.split("test")
+    flat = FlatClassifier().fit(enc.encode(list(tr.items)), tr.labels, X_val=enc.encode(list(va.items)), y_val=va.labels)
+    assert OOS in flat.classes_
+    expected = flat.report(enc.encode(list(te.items)), te.labels)
+    assert {k: rows["flat small (MiniLM, one head)"][k] for k in expected} == pytest.approx(expected)
+    # the generalist alone: its own out-of-scope class, thresholded on the validation split at the same rate
+    g = manyfold.Registry(tmp_path / "reg").load(res["name"]).generalist
+    assert OOS in g.labels_.tolist()
+    labels, p_in, score = split_oos(g.predict_proba(list(te.items)), g.labels_, OOS)
+    _, _, sv = split_oos(g.predict_proba(list(va.items)), g.labels_, OOS)
+    thr = oos_threshold(sv[va.labels != OOS], 0.02)
+    expected = flat_report(labels, p_in, score, te.labels, thr, OOS)
+    assert {k: rows["big generalist alone (hashing:dim=1024)"][k] for k in expected} == pytest.approx(expected)

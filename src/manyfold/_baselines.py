@@ -151,6 +151,10 @@ class FlatClassifier(BaseEstimator):
         score = p_all[:, ~ins].sum(1) if (~ins).any() else 1.0 - p_in.max(1)
         return p_all, p_in, score
 
+    def scores(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(predict_proba_in(X), oos_score(X))`` in one pass over the head."""
+        return self._parts(X)[1:]
+
     def predict_proba_all(self, X: Any) -> np.ndarray:
         """Calibrated probabilities over ``classes_`` (the out-of-scope class included when trained)."""
         return self._parts(X)[0]
