@@ -77,8 +77,8 @@ def test_llm_generalist_inside_an_assembly(server, tiny_ds):
     # threshold to zero (which would call every escalated item out-of-scope)
     from manyfold._fit import MIN_OOS_PROBA
 
-    assert MIN_OOS_PROBA <= asm.policy_["oos_threshold_escalated"] <= 2.0
-    asm.policy_["confidence_threshold"] = 1.01
+    assert MIN_OOS_PROBA <= asm.policy_.thresholds_["oos_threshold_escalated"] <= 2.0
+    asm.policy_ = asm.policy_.with_thresholds(confidence_threshold=1.01)
     te = tiny_ds.split("test")
     n_before = len(_Handler.seen)
     preds = asm.predict(te.items[:40])

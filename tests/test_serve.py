@@ -208,7 +208,7 @@ def test_generalist_stage_gathers_escalations_across_requests(asm, texts):
     """Escalated items of several requests share generalist calls; answers match the one-stage pipeline."""
     gated = GatedGeneralist(asm.generalist, delay=0.05)
     gated.gate.set()
-    every = _variant(asm, counters=copy.copy(asm.counters), policy_={**asm.policy_, "confidence_threshold": 2.0})
+    every = _variant(asm, counters=copy.copy(asm.counters), policy_=asm.policy_.with_thresholds(confidence_threshold=2.0))
     app = create_app(ServeConfig(assembly=_variant(every, generalist=gated), max_wait_ms=5, max_batch_size=4))
 
     async def go():
@@ -356,7 +356,7 @@ def test_expert_failure_falls_back_to_generalist(asm, texts):
 
 def test_generalist_failure_is_degraded_and_counted(asm, texts):
     broken = _variant(asm, generalist=BoomGeneralist(asm.generalist), counters=copy.copy(asm.counters),
-                      policy_={**asm.policy_, "confidence_threshold": 2.0})  # escalate everything
+                      policy_=asm.policy_.with_thresholds(confidence_threshold=2.0))  # escalate everything
     with _client(broken) as c:
         r = c.post("/v1/predict", json={"items": texts[:5]})
         assert r.status_code == 200
@@ -379,7 +379,7 @@ def test_generalist_that_times_out_is_degraded_and_counted(asm, texts):
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
         llm = OpenAIGeneralist(url, timeout=0.3).fit(None, asm.generalist.labels_)
         every = _variant(asm, generalist=llm, counters=copy.copy(asm.counters),
-                         policy_={**asm.policy_, "confidence_threshold": 2.0})
+                         policy_=asm.policy_.with_thresholds(confidence_threshold=2.0))
         with _client(every) as c:
             t0 = time.perf_counter()
             r = c.post("/v1/predict", json={"items": texts[:3]})

@@ -24,7 +24,6 @@ import numpy as np
 
 from ._config import AssemblyConfig
 from ._exceptions import ConfigError, GeneralistError, NotFittedError
-from ._features import confidence_features
 from ._prediction import Prediction
 from ._validation import check_items
 from .routers import top_k
@@ -47,18 +46,24 @@ class Assembly:
     """Many small experts behind a router, with a big generalist behind them.
 
     Parameters: ``encoder`` (an Encoder), ``router`` (a Router), ``experts`` (a
-    list of experts), ``generalist`` (or None), ``config`` (AssemblyConfig).
-    ``fit`` (see :mod:`manyfold._fit`) trains what is not yet trained and
-    calibrates the escalation policy on a validation split.
+    list of experts), ``generalist`` (or None), ``config`` (AssemblyConfig),
+    ``policy`` (an unfitted :class:`~manyfold.EscalationPolicy`; default: the
+    one ``config`` describes). ``fit`` (see :mod:`manyfold._fit`) trains what is
+    not yet trained and fits the escalation policy on a validation split.
+
+    After ``fit``: ``policy_`` (the fitted policy), ``labels_``,
+    ``label_to_expert_``, ``calibration_`` (the policy's validation report),
+    ``provenance_`` (the dataset reference and expert grouping, saved with it).
     """
 
     def __init__(self, encoder: Any, router: Any, experts: Sequence[Any], generalist: Any = None,
-                 config: AssemblyConfig = AssemblyConfig()) -> None:
+                 config: AssemblyConfig = AssemblyConfig(), policy: Any = None) -> None:
         self.encoder = encoder
         self.router = router
         self.experts = list(experts)
         self.generalist = generalist
         self.config = config
+        self.policy = policy
         names = [e.name for e in self.experts]
         dup = [n for n, c in Counter(names).items() if c > 1]
         if dup:
@@ -78,6 +83,12 @@ class Assembly:
                 return e
         raise ExpertNotFoundError(name, self.expert_names)
 
+    @property
+    def calibration_(self) -> dict[str, Any]:
+        """The escalation policy's validation report (what it chose, and whether the budget binds)."""
+        self._check_ready()
+        return self.policy_.report_
+
     def _check_ready(self) -> None:
         if not hasattr(self, "policy_"):
             raise NotFittedError("this Assembly is not fitted yet; call fit() (or load a saved one)")
@@ -93,6 +104,9 @@ class Assembly:
         self._route_experts = [by_name[n] for n in self.router.experts_.tolist()]
         self._expert_cols = [np.array([index[lab] for lab in e.labels_.tolist()]) for e in self._route_experts]
         self.label_to_expert_ = {lab: e.name for e in self._route_experts for lab in e.labels_.tolist()}
+        if self.generalist is not None and hasattr(self.generalist, "labels_"):
+            gl = {lab: i for i, lab in enumerate(self.generalist.labels_.tolist())}
+            self._generalist_cols = np.array([gl.get(lab, -1) for lab in self.labels_.tolist()])
 
     # -- the forward pass -----------------------------------------------------------
     def _small_stage(self, X: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
@@ -107,13 +121,6 @@ class Assembly:
             proba[rows[:, None], self._expert_cols[j][None, :]] += w[rows, slot][:, None] * pe
         t2 = time.perf_counter()
         return pr, idx, w, proba, {"route": t1 - t0, "experts": t2 - t1}
-
-    def _fuse(self, proba: np.ndarray, pg_in: np.ndarray) -> np.ndarray:
-        a = self.policy_["fusion_weight"]
-        z = (1 - a) * np.log(np.clip(proba, 1e-9, 1)) + a * np.log(np.clip(pg_in, 1e-9, 1))
-        z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(1, keepdims=True)
 
     def _generalist_inscope(self, pg: np.ndarray) -> np.ndarray:
         """The generalist's probabilities over the assembly's labels (renormalised)."""
@@ -157,45 +164,33 @@ class Assembly:
         other rows at once and send these to the generalist on their own.
         """
         self._check_ready()
-        P = self.policy_
         pr, idx, w, proba, times = self._small_stage(X, top or self.config.top_k)
-        F1 = np.concatenate([confidence_features(proba, X, self.centroids_), np.log(np.clip(pr.max(1, keepdims=True), 1e-9, 1))], 1)
-        oos1 = self.detector1_.predict_proba(F1)
-        conf = proba.max(1)
+        d = self.policy_.decide(proba, X, pr, escalate=escalate and self.generalist is not None)
         n = len(X)
-        esc = np.zeros(n, bool)
-        reason = np.array([None] * n, dtype=object)
         times["generalist"] = 0.0
-        if escalate and self.generalist is not None:
-            low = conf < P["confidence_threshold"]
-            maybe_oos = oos1 >= P["escalate_oos_threshold"]
-            esc = low | maybe_oos
-            reason[low] = "low_confidence"
-            reason[maybe_oos] = "possible_out_of_scope"
         self.counters["items"] += n
-        self.counters["escalated"] += int(esc.sum())
+        self.counters["escalated"] += int(d["escalated"].sum())
         return StageOutput(router_proba=pr, expert_idx=idx, expert_w=w, proba=proba, final=proba.copy(),
-                           oos_score=oos1.copy(), oos_small=oos1, is_oos=oos1 >= P["oos_threshold_small"],
-                           escalated=esc, reason=reason, degraded=np.zeros(n, bool), times=times, features=F1)
+                           oos_score=d["oos_score"].copy(), oos_small=d["oos_score"], is_oos=d["is_oos"],
+                           escalated=d["escalated"], reason=d["reason"], degraded=np.zeros(n, bool), times=times,
+                           features=d["features"])
 
     def resolve_escalated(self, out: StageOutput, rows: np.ndarray, pg: np.ndarray, fg: np.ndarray) -> None:
         """Fuse the generalist's answer (``pg``, ``fg`` from ``generalist.signals``) into escalated ``rows`` of ``out``."""
-        P = self.policy_
-        out.final[rows] = self._fuse(out.proba[rows], self._generalist_inscope(pg))
-        out.oos_score[rows] = self.detector2_.predict_proba(np.concatenate([out.features[rows], fg], 1))
-        out.is_oos[rows] = out.oos_score[rows] >= P["oos_threshold_escalated"]
+        out.final[rows], out.oos_score[rows], out.is_oos[rows] = self.policy_.resolve(
+            out.proba[rows], self._generalist_inscope(pg), out.features[rows], fg, out.oos_small[rows])
 
     def mark_degraded(self, out: StageOutput, rows: np.ndarray, exc: BaseException) -> None:
         """The generalist failed for ``rows``: they keep the experts' answer, flagged degraded (counted)."""
         self.counters["generalist_failures"] += 1
         out.degraded[rows] = True
         out.reason[rows] = f"generalist_failed: {exc}"
-        out.is_oos[rows] = out.oos_small[rows] >= self.policy_["oos_threshold_small"]
+        out.is_oos[rows] = self.policy_.fallback_is_oos(out.oos_small[rows])
 
     def predict(self, items: Sequence[Any], *, escalate: bool = True) -> list[Prediction]:
         """One :class:`Prediction` per item."""
         self._check_ready()
-        items = check_items(items, modality=getattr(self.encoder, "modality", None), max_chars=self.config.max_chars)
+        items = check_items(items, encoder=self.encoder, max_chars=self.config.max_chars)
         t0 = time.perf_counter()
         X = self.encoder.encode(items)
         t_enc = time.perf_counter() - t0
@@ -230,12 +225,26 @@ class Assembly:
         return labels.astype(str)
 
     def fit(self, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any], val_labels: Any, *,
-            label_to_expert: dict[str, str] | None = None, show_progress: bool = False) -> "Assembly":
-        """Fit what is not fitted yet (experts, generalist), then the router and the escalation policy; returns self."""
+            label_to_expert: dict[str, str] | None = None, show_progress: bool = False,
+            provenance: dict[str, Any] | None = None) -> "Assembly":
+        """Fit what is not fitted yet (experts, generalist), then the router and the escalation policy; returns self.
+
+        ``provenance`` (the dataset reference, the expert grouping) is kept as
+        ``provenance_`` and saved with the assembly.
+        """
         from ._fit import fit_assembly
 
-        return fit_assembly(self, train_items, train_labels, val_items, val_labels,
-                            label_to_expert=label_to_expert, show_progress=show_progress)
+        fit_assembly(self, train_items, train_labels, val_items, val_labels,
+                     label_to_expert=label_to_expert, show_progress=show_progress)
+        if provenance is not None:
+            self.provenance_ = dict(provenance)
+        return self
+
+    def evaluate(self, items: Sequence[Any], labels: Any, *, escalate: bool = True, unknown: str = "oos") -> dict[str, Any]:
+        """Accuracy, out-of-scope, escalation and routing figures on labelled items (see :func:`manyfold.evaluate`)."""
+        from ._build import evaluate
+
+        return evaluate(self, items, labels, escalate=escalate, unknown=unknown)
 
     def _change_experts(self, experts: list[Any], new: dict[str, str], data: tuple[Any, Any, Any, Any],
                         show_progress: bool) -> "Assembly":

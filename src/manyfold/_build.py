@@ -29,6 +29,31 @@ def _encoder(spec_or_obj: Any, cache: EmbeddingCache | None) -> Any:
     return cached_encoder(enc, cache) if cache is not None else enc
 
 
+def _relabel_oos(labels: Any, data_oos: str | None, oos: str) -> np.ndarray:
+    """The data's out-of-scope label written as the assembly's (``oos``)."""
+    y = np.asarray(labels).astype(str)
+    if data_oos is not None and data_oos != oos:
+        if (y == oos).any():
+            raise ConfigError(f"the data uses {oos!r} as an in-scope label and {data_oos!r} as its out-of-scope label; "
+                              f"set AssemblyConfig(oos_label={data_oos!r}) or rename the label")
+        y = np.where(y == data_oos, oos, y)
+    return y
+
+
+def _check_expert_map(expert_map: dict[str, str], labels: Sequence[str]) -> dict[str, str]:
+    from .experts import check_name
+
+    missing = sorted(set(labels) - set(expert_map))
+    if missing:
+        raise ConfigError(f"the label -> expert map has no expert for {len(missing)} labels: {', '.join(missing[:10])}")
+    extra = sorted(set(expert_map) - set(labels))
+    if extra:
+        raise ConfigError(f"the label -> expert map names labels the data does not have: {', '.join(extra[:10])}")
+    for e in set(expert_map.values()):
+        check_name(e)
+    return {lab: expert_map[lab] for lab in labels}
+
+
 def assemble(
     dataset: Any,
     *,
@@ -38,11 +63,19 @@ def assemble(
     expert_kind: str = "linear",
     domains: Sequence[str] | None = None,
     generalist_domains: str = "experts",
+    n_experts: int | None = None,
+    expert_map: dict[str, str] | None = None,
     config: AssemblyConfig = AssemblyConfig(),
     cache: EmbeddingCache | None | bool = True,
     show_progress: bool = False,
 ) -> Assembly:
-    """One expert per domain of ``dataset``, a router over them, a generalist behind them.
+    """Experts over ``dataset``'s labels, a router over them, a generalist behind them.
+
+    Which labels each expert owns: ``expert_map`` (label -> expert name) if
+    given; else one expert per domain of ``dataset`` when it has domains and
+    ``n_experts`` is None; else the labels are grouped automatically on the
+    encoder's vectors (``n_experts`` groups, or a number chosen from the data;
+    see :func:`manyfold._grouping.group_labels`).
 
     ``encoder`` / ``generalist``: encoder specs or objects (``generalist=None``
     builds an assembly that never escalates). ``domains`` restricts the
@@ -53,53 +86,153 @@ def assemble(
     experts' domains only; ``"all"`` on every domain of ``dataset`` (a big model
     that already knows domains the experts do not cover yet, the teacher of
     ``manyfold experts add --from-generalist``).
+    Every option, name and label is checked before anything is encoded.
     """
+    from ._heads import KINDS as HEAD_KINDS
+    from ._validation import check_modality
+    from .experts import check_name
+
+    # -- everything that can be wrong is checked before any encoding --------------------------------
     if generalist_domains not in ("experts", "all"):
         raise ConfigError(f"unknown generalist_domains {generalist_domains!r}; valid choices: experts, all")
     if router not in ROUTERS:
         raise ConfigError(f"unknown router {router!r}; valid choices: {', '.join(ROUTERS)}")
-    store = EmbeddingCache() if cache is True else (cache or None)
-    all_domains = list(dataset.domains)
+    if expert_kind not in HEAD_KINDS:
+        raise ConfigError(f"unknown expert kind {expert_kind!r}; valid choices: {', '.join(HEAD_KINDS)}")
+    if n_experts is not None and (isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1):
+        raise ConfigError(f"n_experts must be a positive integer, got {n_experts!r}")
+    oos = config.oos_label
+    has_domains = bool(dataset.label_to_domain)
+    all_domains = list(dataset.domains) if has_domains else []
+    if domains is not None and not has_domains:
+        raise ConfigError(f"dataset {dataset.name!r} has no domains to choose from; drop the domain selection")
     chosen = list(all_domains if domains is None else domains)
     bad = sorted(set(chosen) - set(all_domains))
     if bad:
         raise ConfigError(f"unknown domains {bad}; valid choices: {', '.join(all_domains)}")
-    if not chosen:
+    if has_domains and not chosen:
         raise ConfigError("choose at least one domain")
-    oos = config.oos_label
-    keep_labels = {lab for lab in dataset.labels if dataset.label_to_domain[lab] in chosen} | {oos}
     train, val = dataset.split("train"), dataset.split("val")
-    tr = train.take(np.nonzero(np.isin(train.labels, list(keep_labels)))[0])
-    va = val.take(np.nonzero(np.isin(val.labels, list(keep_labels)))[0])
+    y_tr = _relabel_oos(train.labels, dataset.oos_label, oos)
+    y_va = _relabel_oos(val.labels, dataset.oos_label, oos)
+    labels = sorted(lab for lab in dataset.labels if not has_domains or dataset.label_to_domain[lab] in chosen)
+    if not labels:
+        raise ConfigError(f"dataset {dataset.name!r} has no in-scope labels")
+    if expert_map is not None:
+        label_to_expert = _check_expert_map(dict(expert_map), labels)
+    elif has_domains and n_experts is None:
+        label_to_expert = {lab: dataset.label_to_domain[lab] for lab in labels}
+    else:
+        label_to_expert = None  # grouped on the encoder's vectors below
+        if n_experts is not None and n_experts > len(labels):
+            raise ConfigError(f"n_experts={n_experts} is more than the {len(labels)} labels to group")
+    for name in set((label_to_expert or {}).values()):
+        check_name(name)
+    keep_labels = set(labels) | {oos}
+    tr_rows = np.nonzero(np.isin(y_tr, list(keep_labels)))[0]
+    va_rows = np.nonzero(np.isin(y_va, list(keep_labels)))[0]
+    tr_items, va_items = [train.items[i] for i in tr_rows], [val.items[i] for i in va_rows]
+    y_tr, y_va = y_tr[tr_rows], y_va[va_rows]
+    store = EmbeddingCache() if cache is True else (cache or None)
     enc = _encoder(encoder, store)
+    check_modality(enc, getattr(dataset, "modality", "text"), f"dataset {dataset.name!r}")
     gen = None
     if generalist is not None:
         gen = generalist if not isinstance(generalist, str) else HeadGeneralist(_encoder(generalist, store), oos_label=oos)
-        if generalist_domains == "all" and not hasattr(gen, "labels_"):
-            gen.fit(list(train.items), train.labels, items_val=list(val.items), y_val=val.labels,
-                    show_progress=show_progress)
-    experts = [HeadExpert(d, kind=expert_kind, domain=d, description=f"{dataset.name} intents of the {d} domain")
-               for d in chosen]
+        if hasattr(gen, "encoder_"):
+            check_modality(gen.encoder_, getattr(dataset, "modality", "text"), f"dataset {dataset.name!r}")
+    for what, its in (("train", tr_items), ("val", va_items)):
+        _check_split_items(enc, its, what, dataset.name)
+    # -- training ----------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    grouping: dict[str, Any]
+    if label_to_expert is None:
+        from ._grouping import group_labels
+
+        ins = y_tr != oos
+        X = np.asarray(enc.encode([tr_items[i] for i in np.nonzero(ins)[0]], show_progress=show_progress), np.float32)
+        g = group_labels(X, y_tr[ins], n_experts=n_experts)
+        label_to_expert = dict(g.label_to_expert)
+        grouping = g.to_dict()
+    elif expert_map is not None:
+        grouping = {"method": "label -> expert map", "chosen": "given", "n_experts": len(set(label_to_expert.values()))}
+    else:
+        grouping = {"method": "dataset domains", "chosen": "given", "n_experts": len(set(label_to_expert.values()))}
+    if gen is not None and generalist_domains == "all" and not hasattr(gen, "labels_"):
+        gen.fit(list(train.items), _relabel_oos(train.labels, dataset.oos_label, oos), items_val=list(val.items),
+                y_val=_relabel_oos(val.labels, dataset.oos_label, oos), show_progress=show_progress)
+    names = sorted(set(label_to_expert.values()))
+    experts = []
+    for d in names:
+        owned = sorted(lab for lab, e in label_to_expert.items() if e == d)
+        desc = (f"{dataset.name} intents of the {d} domain" if grouping["method"] == "dataset domains"
+                else f"{dataset.name}: {len(owned)} labels ({', '.join(owned[:4])}{', ...' if len(owned) > 4 else ''})")
+        experts.append(HeadExpert(d, kind=expert_kind, domain=d if grouping["method"] == "dataset domains" else None,
+                                  description=desc))
     # a linear router warm-starts its refits: adding an expert later costs seconds, not a fit from scratch
     asm = Assembly(enc, ROUTERS[router](warm_start=True) if router == "linear" else ROUTERS[router](), experts, gen, config)
-    t0 = time.perf_counter()
-    label_to_expert = {lab: dataset.label_to_domain[lab] for lab in keep_labels if lab != oos}
-    asm.fit(tr.items, tr.labels, va.items, va.labels, label_to_expert=label_to_expert, show_progress=show_progress)
+    source = dataset.info.get("source") if isinstance(getattr(dataset, "info", None), dict) else None
+    asm.fit(tr_items, y_tr, va_items, y_va, label_to_expert=label_to_expert, show_progress=show_progress,
+            provenance={"dataset": source, "grouping": grouping})
     asm.fit_seconds_ = time.perf_counter() - t0
     return asm
 
 
-def evaluate(asm: Assembly, items: Sequence[Any], labels: Any, *, escalate: bool = True) -> dict[str, Any]:
+def _check_split_items(enc: Any, items: Sequence[Any], split: str, name: str) -> None:
+    """Every item of a split passes the encoder's own validation (one line naming the split and item)."""
+    from ._exceptions import InputError
+
+    if not items:
+        raise ConfigError(f"the {split} split of {name!r} has no items for these labels")
+    validate = getattr(enc, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate(list(items))
+    except InputError as exc:
+        raise InputError(f"the {split} split of {name!r}: {exc}") from None
+
+
+def evaluate(asm: Assembly, items: Sequence[Any], labels: Any, *, escalate: bool = True, unknown: str = "oos",
+             oos_label: str | None = None) -> dict[str, Any]:
     """Accuracy, out-of-scope recall / AUROC, escalation and routing figures on labelled items.
 
-    Labels outside the assembly's label set (other than out-of-scope) are dropped.
+    Labels the assembly does not know are out of its scope: with
+    ``unknown="oos"`` (default) they count as out-of-scope items (and
+    ``n_unknown_as_oos`` says how many); ``unknown="error"`` refuses them.
+    ``oos_label`` is the data's out-of-scope label when it is not the
+    assembly's. Figures the data cannot give (out-of-scope figures without
+    out-of-scope items) are None, with the reason in ``not_measured``.
     """
-    y = np.asarray(labels).astype(str)
-    keep = np.isin(y, asm.labels_) | (y == asm.config.oos_label)
-    items = [items[i] for i in np.nonzero(keep)[0]]
+    if unknown not in ("oos", "error"):
+        raise ConfigError(f"unknown={unknown!r}; valid choices: oos, error")
+    asm._check_ready()
+    oos = asm.config.oos_label
+    y = _relabel_oos(labels, oos_label, oos)
+    if len(y) != len(items):
+        raise ConfigError(f"got {len(items)} items but {len(y)} labels")
+    strange = ~np.isin(y, asm.labels_) & (y != oos)
+    unknown_labels = sorted(set(y[strange].tolist()))
+    if unknown_labels and unknown == "error":
+        raise ConfigError(f"{int(strange.sum())} items have labels the assembly does not know: "
+                          f"{', '.join(unknown_labels[:10])}; known labels: {', '.join(asm.labels_.tolist()[:10])} ...")
+    y = np.where(strange, oos, y)
+    from ._validation import check_items
+
+    items = check_items(items, encoder=asm.encoder, max_chars=asm.config.max_chars)
     X = asm.encoder.encode(items)
     t0 = time.perf_counter()
     out = asm.forward(X, items, escalate=escalate)
-    report = evaluate_arrays(asm, out, y[keep])
+    report = evaluate_arrays(asm, out, y)
     report["seconds_after_encoding"] = round(time.perf_counter() - t0, 3)
+    report["n_unknown_as_oos"] = int(strange.sum())
+    if unknown_labels:
+        report["unknown_labels"] = unknown_labels[:50]
+    reasons = {}
+    for k, v in list(report.items()):
+        if isinstance(v, float) and np.isnan(v):
+            report[k] = None
+            reasons[k] = ("the data has no out-of-scope items" if k.startswith("oos_") and report["n_oos"] == 0 else
+                          "the data has no in-scope items" if report["n_in_scope"] == 0 else "nothing was called out-of-scope")
+    report["not_measured"] = reasons
     return report

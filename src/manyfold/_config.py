@@ -16,22 +16,33 @@ class AssemblyConfig:
 
     - ``top_k``: experts consulted per item (their outputs are weighted by the
       router's renormalised probabilities).
+    - ``escalation_objective``: how much to escalate, chosen on the validation
+      split: ``"knee"`` (default: the least escalation within ``knee_tolerance``
+      of the best accuracy the curve reaches), ``"accuracy"`` (the least
+      escalation that reaches ``target_accuracy``) or ``"budget"`` (the best
+      accuracy at ``max_escalation_rate``). See :mod:`manyfold._policy`.
     - ``max_escalation_rate``: at most this share of in-scope *validation*
-      items may be sent to the generalist; the escalation thresholds are
-      chosen on the validation split under this budget.
+      items may be sent to the generalist, whatever the objective (1.0: no cap).
     - ``target_false_oos_rate``: the share of in-scope validation items that
       may be wrongly called out-of-scope; sets the out-of-scope thresholds.
     - ``oos_weight``: when splitting the escalation budget between "low
       confidence" and "possible out-of-scope", what one point of out-of-scope
       recall is worth against one point of in-scope accuracy.
+    - ``oos_calibration``: where out-of-scope detection learns from:
+      ``"examples"`` (the data's out-of-scope items), ``"held_out_labels"``
+      (labels held out in folds stand in for unknowns) or ``"auto"``.
     - ``max_chars``: longest text accepted (longer is an ``InputError``).
     - ``oos_label``: the label an out-of-scope answer carries.
     """
 
     top_k: int = 2
-    max_escalation_rate: float = 0.13
+    escalation_objective: str = "knee"
+    max_escalation_rate: float = 1.0
+    target_accuracy: float | None = None
+    knee_tolerance: float = 0.005
     target_false_oos_rate: float = 0.02
     oos_weight: float = 0.1
+    oos_calibration: str = "auto"
     max_chars: int = 2000
     oos_label: str = "out_of_scope"
 
@@ -42,6 +53,18 @@ class AssemblyConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
+        from ._policy import OBJECTIVES, OOS_CALIBRATIONS
+
+        if self.escalation_objective not in OBJECTIVES:
+            raise ConfigError(f"unknown escalation_objective {self.escalation_objective!r}; valid choices: {', '.join(OBJECTIVES)}")
+        if self.oos_calibration not in OOS_CALIBRATIONS:
+            raise ConfigError(f"unknown oos_calibration {self.oos_calibration!r}; valid choices: {', '.join(OOS_CALIBRATIONS)}")
+        if self.target_accuracy is not None and not 0.0 <= self.target_accuracy <= 1.0:
+            raise ConfigError(f"target_accuracy must be in [0, 1], got {self.target_accuracy!r}")
+        if self.escalation_objective == "accuracy" and self.target_accuracy is None:
+            raise ConfigError("escalation_objective='accuracy' needs target_accuracy (e.g. 0.95)")
+        if not 0.0 <= self.knee_tolerance <= 1.0:
+            raise ConfigError(f"knee_tolerance must be in [0, 1], got {self.knee_tolerance!r}")
         if not isinstance(self.max_chars, int) or self.max_chars < 1:
             raise ConfigError(f"max_chars must be a positive integer, got {self.max_chars!r}")
 

@@ -89,6 +89,6 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     return {
         "name": name, "version": version, "registry": str(reg.root), "split": split,
         "generalist_encoder": gen_spec, "note": note, "rows": rows,
-        "calibration": asm.calibration_, "policy": asm.policy_,
+        "calibration": asm.calibration_, "policy": {**asm.policy_.thresholds_, "fusion_weight": asm.policy_.fusion_weight_},
         "seconds": round(time.perf_counter() - t_start, 2),
     }

@@ -191,7 +191,7 @@ class Flywheel:
         asm.experts, asm.config = experts, self.base_config
         try:
             fit_assembly(asm, items, y, self.val_items, self.val_labels)
-            budget = asm.config.max_escalation_rate
+            budget = asm.calibration_.get("escalation_budget", asm.config.max_escalation_rate)
             if self.tune_budget:
                 budget = tune_escalation_budget(asm, items, y, self.val_items, self.val_labels,
                                                 target_accuracy=self.target_accuracy,
@@ -251,11 +251,10 @@ def tune_escalation_budget(asm: Any, train_items: Sequence[Any], train_labels: A
     X, items, y = _calibration_pool(asm, list(train_items), np.asarray(train_labels).astype(str), list(val_items),
                                     np.asarray(val_labels).astype(str))
     for b in grid:
-        asm.config = dataclasses.replace(asm.config, max_escalation_rate=b)
+        asm.config = dataclasses.replace(asm.config, max_escalation_rate=b, escalation_objective="budget")
         calibrate_assembly(asm, X, items, y)
         if asm.calibration_.get("val_in_scope_accuracy", asm.calibration_["val_in_scope_accuracy_small"]) >= target_accuracy:
             break
-    asm.calibration_["escalation_budget"] = asm.config.max_escalation_rate
     return asm.config.max_escalation_rate
 
 

@@ -26,22 +26,30 @@ from typing import Any
 
 import numpy as np
 
+from ._components import component_class
 from ._config import AssemblyConfig
 from ._exceptions import ArtifactError, AssemblyNotFoundError, ConfigError
 from ._io import atomic_dir, atomic_write_json, load_arrays, manyfold_home, read_json, save_arrays, sha256_file
-from .experts import HeadExpert, check_name
-from .generalists import GENERALISTS
-from .routers import ROUTERS
+from .experts import check_name
 
 __all__ = ["Registry", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+#: manifest format written by this manyfold; it reads formats 1 (manyfold 0.1) and 2
+FORMAT_VERSION = 2
+_READS = (1, 2)
 _VERSION = re.compile(r"^v(\d{4,})\.json$")
-_COMPONENTS: dict[str, Any] = {
-    "HeadExpert": HeadExpert,
-    **{cls.__name__: cls for cls in ROUTERS.values()},
-    **GENERALISTS,
-}
+
+
+def _migrate(m: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 manifest in format-2 terms: the dataset reference comes from ``extra``."""
+    m = dict(m)
+    if m.get("format") == 1:
+        extra = m.get("extra") or {}
+        m["dataset"] = ({"kind": "builtin", "name": extra["dataset"], "data_dir": extra.get("data_dir")}
+                        if extra.get("dataset") else None)
+        m["grouping"] = None
+        m["migrated_from_format"] = 1
+    return m
 
 
 def _state_hash(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
@@ -50,6 +58,19 @@ def _state_hash(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
         a = np.ascontiguousarray(arrays[k])
         h.update(k.encode() + str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
     return h.hexdigest()[:24]
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _describe(ref: Any) -> str | None:
+    """A short name for a dataset reference (``manyfold list``)."""
+    if not isinstance(ref, dict):
+        return None
+    return ref.get("name") if ref.get("kind") == "builtin" else ref.get("path")
 
 
 class Registry:
@@ -85,9 +106,7 @@ class Registry:
                     raise ArtifactError(f"artifact {str(path / f)!r} is corrupted or truncated (checksum mismatch)")
         config = read_json(path / "state.json")
         arrays = load_arrays(path / "arrays.safetensors")
-        cls = _COMPONENTS.get(config.get("type"))
-        if cls is None:
-            raise ArtifactError(f"unknown component type {config.get('type')!r} in {str(path)!r}")
+        cls = component_class("EscalationPolicy" if config.get("type") == "Policy" else config.get("type"), str(path))
         try:
             return cls.from_state(config, arrays)
         except (KeyError, TypeError, ValueError) as exc:
@@ -115,9 +134,14 @@ class Registry:
         if v not in versions:
             raise ConfigError(f"assembly {name!r} has no version {v}; versions: {versions}")
         m = read_json(self._dir(name) / f"v{v:04d}.json")
-        if m.get("format") != FORMAT_VERSION:
-            raise ArtifactError(f"assembly {name!r} v{v} has format {m.get('format')!r}; this manyfold reads {FORMAT_VERSION}")
-        return m
+        fmt = m.get("format") if isinstance(m, dict) else None
+        if fmt not in _READS:
+            newer = isinstance(fmt, int) and fmt > FORMAT_VERSION
+            raise ArtifactError(
+                f"assembly {name!r} v{v} has manifest format {fmt!r}; this manyfold reads formats "
+                f"{', '.join(map(str, _READS))}: " + ("upgrade manyfold to load it" if newer else
+                "rebuild it with `manyfold assemble` (or re-save it with the manyfold that wrote it)"))
+        return _migrate(m)
 
     def list(self) -> list[dict[str, Any]]:
         """One summary per assembly (latest version)."""
@@ -130,7 +154,8 @@ class Registry:
                 continue
             out.append({"name": name, "version": m["version"], "versions": len(self.versions(name)),
                         "experts": [e["name"] for e in m["experts"]], "encoder": m["encoder"]["spec"],
-                        "generalist": (m.get("generalist") or {}).get("type"), "created": m["created"]})
+                        "generalist": (m.get("generalist") or {}).get("type"), "created": m["created"],
+                        "dataset": _describe(m.get("dataset"))})
         return out
 
     def save(self, asm: Any, name: str, *, note: str = "", extra: dict[str, Any] | None = None) -> int:
@@ -142,23 +167,18 @@ class Registry:
         gen = None
         if asm.generalist is not None:
             gen = {"type": type(asm.generalist).__name__, **self._put("generalist", asm.generalist.to_state())}
-        dets = {"detector1": asm.detector1_}
-        if hasattr(asm, "detector2_") and asm.generalist is not None:
-            dets["detector2"] = asm.detector2_
-        det_cfg = {k: v.to_state()[0] for k, v in dets.items()}
-        det_arr = {f"{k}.{a}": arr for k, v in dets.items() for a, arr in v.to_state()[1].items()}
-        policy = self._put("policy", ({"type": "Policy", "detectors": det_cfg,
-                                       "policy": {k: float(v) for k, v in asm.policy_.items()}},
-                                      {"centroids": asm.centroids_, **det_arr}))
+        policy = self._put("policy", asm.policy_.to_state())
+        prov = getattr(asm, "provenance_", None) or {}
         versions = self.versions(name)
         version = (versions[-1] + 1) if versions else 1
         manifest = {
-            "format": FORMAT_VERSION, "name": name, "version": version,
+            "format": FORMAT_VERSION, "name": name, "version": version, "manyfold": _version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "note": note,
             "config": asm.config.to_dict(),
             "encoder": {"spec": asm.encoder.spec, "id": asm.encoder.id},
             "experts": experts, "router": router, "generalist": gen, "policy": policy,
-            "calibration": getattr(asm, "calibration_", {}), "extra": extra or {},
+            "dataset": prov.get("dataset"), "grouping": prov.get("grouping"),
+            "calibration": asm.calibration_, "extra": extra or {},
         }
         atomic_write_json(d / f"v{version:04d}.json", manifest)
         return version
@@ -166,7 +186,6 @@ class Registry:
     def load(self, name: str, version: int | None = None, *, encoder: Any = None, cache: bool = True) -> Any:
         """Rebuild a saved assembly. ``encoder`` overrides the stored spec (it must have the same id)."""
         from ._assembly import Assembly
-        from ._oos import OOSDetector
         from .encoders import cached_encoder, get_encoder
 
         m = self.manifest(name, version)
@@ -181,25 +200,11 @@ class Registry:
             if gen is not None and hasattr(gen, "encoder"):
                 gen._encoder = cached_encoder(get_encoder(gen.encoder))
         asm = Assembly(enc, router, experts, gen, AssemblyConfig.from_dict(m["config"]))
-        pol_path = self.root / "objects" / m["policy"]["ref"]
-        self._verify(m["policy"], pol_path)
-        pcfg, parr = read_json(pol_path / "state.json"), load_arrays(pol_path / "arrays.safetensors")
-        asm.policy_ = dict(pcfg["policy"])
-        asm.centroids_ = parr["centroids"]
-        for k, cfg in pcfg["detectors"].items():
-            setattr(asm, f"{k}_", OOSDetector.from_state(cfg, {a.split(".", 1)[1]: v for a, v in parr.items() if a.startswith(k + ".")}))
+        asm.policy_ = self._get(m["policy"])
         asm._layout()
-        if gen is not None:
-            gl = {lab: i for i, lab in enumerate(gen.labels_.tolist())}
-            asm._generalist_cols = np.array([gl.get(lab, -1) for lab in asm.labels_.tolist()])
-        asm.calibration_ = m.get("calibration", {})
+        asm.provenance_ = {"dataset": m.get("dataset"), "grouping": m.get("grouping")}
         asm.manifest_ = m
         return asm
-
-    def _verify(self, entry: dict[str, Any], path: Path) -> None:
-        for f, digest in entry["sha256"].items():
-            if not (path / f).is_file() or sha256_file(path / f) != digest:
-                raise ArtifactError(f"artifact {str(path / f)!r} is missing, corrupted or truncated")
 
     def remove(self, name: str) -> None:
         """Delete an assembly's manifests (objects are left for :meth:`gc`)."""

@@ -90,14 +90,14 @@ def _machine() -> dict[str, Any]:
 
 def _sweep(asm: Any, X: np.ndarray, y: np.ndarray, gsig: Any, points: int) -> dict[str, Any]:
     """Confidence-threshold sweep (OOS-escalation off): share escalated vs quality, restoring the policy after."""
-    saved = dict(asm.policy_)
+    saved = asm.policy_
     try:
-        asm.policy_["escalate_oos_threshold"] = NEVER
+        asm.policy_ = saved.with_thresholds(escalate_oos_threshold=NEVER)
         conf = asm.forward(X, None, escalate=False).proba.max(1)
         ths = [0.0, *np.quantile(conf, np.linspace(0, 1, points)[1:-1]).tolist(), NEVER]
         shares, acc, overall = [], [], []
         for th in ths:
-            asm.policy_["confidence_threshold"] = float(th)
+            asm.policy_ = saved.with_thresholds(escalate_oos_threshold=NEVER, confidence_threshold=float(th))
             rep, out = S.eval_assembly(asm, X, y, gsig, escalate=True)
             shares.append(float(out.escalated.mean()))
             acc.append(rep["in_scope_accuracy"])
@@ -165,7 +165,7 @@ def run_bench(ds: Any, cfg: BenchConfig, *, progress: bool = True) -> dict[str, 
             name = f"assembly_{key}_{'esc' if esc else 'noesc'}"
             rep, out = S.eval_assembly(asm, Xs, y, gsig, escalate=esc)
             outs[name] = out
-            parts = [asm.router, *asm.experts, asm.detector1_] + ([gen, asm.detector2_] if esc else [])
+            parts = [asm.router, *asm.experts, asm.policy_.detector1_] + ([gen, asm.policy_.detector2_] if esc else [])
             sysres[name] = {**rep, "train_seconds": fit_s + (gen_fit if esc else 0.0), "param_bytes": T.state_bytes(*parts),
                             "inference_peak_traced_bytes": T.traced_peak(
                                 lambda a=asm, e=esc: a.forward(Xs, None, escalate=e, generalist_signals=gsig))}
@@ -232,8 +232,8 @@ def run_bench(ds: Any, cfg: BenchConfig, *, progress: bool = True) -> dict[str, 
     q_small = sw["accuracy"][0]
     q_big = float((gen.labels_[gen.predict_proba_features(Xg).argmax(1)] == y).mean())
     ok0 = _correct(base, S.eval_assembly(base, Xs, y, gsig, escalate=False)[1], y)
-    saved = dict(base.policy_)
-    base.policy_.update(confidence_threshold=NEVER)
+    saved = base.policy_
+    base.policy_ = saved.with_thresholds(confidence_threshold=NEVER)
     ok1 = _correct(base, S.eval_assembly(base, Xs, y, gsig, escalate=True)[1], y)
     base.policy_ = saved
     curves = {"confidence": (np.array(sw["share"]), np.array(sw["accuracy"])),

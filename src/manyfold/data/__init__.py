@@ -3,18 +3,24 @@
 >>> from manyfold.data import load_dataset, OOS_LABEL
 >>> ds = load_dataset("clinc150")                      # doctest: +SKIP
 >>> ds.split("train"), ds.domains[:3], ds.subset(5, seed=0)  # doctest: +SKIP
+>>> mine = load_dataset("tickets.csv", text_col="message")  # doctest: +SKIP
+>>> same = load_dataset_ref(dataset_ref(mine))        # doctest: +SKIP
 
-Files are looked up in ``data_dir``, else ``$MANYFOLD_DATA``, else
+Built-in files are looked up in ``data_dir``, else ``$MANYFOLD_DATA``, else
 ``manyfold_home()/data``; missing ones are downloaded from pinned public
-sources and every file is checked against a pinned checksum.
+sources and every file is checked against a pinned checksum. Users' own CSV,
+TSV, JSON Lines and Parquet files (one file, or a folder of split files) load
+by path; every dataset records a reference to rebuild it from.
 """
 
 from ._clinc150 import load_clinc150
 from ._dataset import OOS_LABEL, Dataset, Split
 from ._fetch import ENV_VAR as DATA_ENV_VAR
 from ._fetch import default_data_root
+from ._files import read_label_map
 from ._mnist import FASHION_MNIST_CLASSES, load_mnist
-from ._registry import DATASETS, load_dataset
+from ._refs import dataset_ref
+from ._registry import DATASETS, TEXT_DATASETS, load_dataset, load_dataset_ref
 
 __all__ = [
     "OOS_LABEL",
@@ -23,7 +29,11 @@ __all__ = [
     "load_clinc150",
     "load_mnist",
     "load_dataset",
+    "load_dataset_ref",
+    "dataset_ref",
+    "read_label_map",
     "DATASETS",
+    "TEXT_DATASETS",
     "FASHION_MNIST_CLASSES",
     "DATA_ENV_VAR",
     "default_data_root",

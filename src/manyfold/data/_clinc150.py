@@ -11,6 +11,7 @@ import numpy as np
 from .._exceptions import ConfigError, DataError
 from ._dataset import OOS_LABEL, Dataset, Split
 from ._fetch import CLINC150_COMMIT, ensure_files
+from ._refs import builtin_ref
 
 __all__ = ["load_clinc150"]
 
@@ -58,7 +59,7 @@ def load_clinc150(
     folder itself. Files are checked against pinned sha256 values; missing ones
     are downloaded (with ``download=True``) from github.com/clinc/oos-eval at
     commit ``828f809...``, else a :class:`DataError` names the directory and files.
-    Data license: CC BY 3.0.
+    Data license: CC BY 3.0. ``info["source"]`` is the dataset reference.
     """
     if variant not in _VARIANTS:
         raise ConfigError(f"unknown CLINC150 variant {variant!r}; valid variants: {', '.join(map(repr, _VARIANTS))}")
@@ -101,7 +102,8 @@ def load_clinc150(
             f"the intents of {str(data_path)!r} and {str(domains_path)!r} differ: {', '.join(diff[:10])}"
         )
     info = {
-        "source": "https://github.com/clinc/oos-eval",
+        "source": builtin_ref("clinc150", data_dir, **({} if variant == "full" else {"variant": variant})),
+        "url": "https://github.com/clinc/oos-eval",
         "commit": CLINC150_COMMIT,
         "variant": variant,
         "license": "CC BY 3.0",

@@ -12,6 +12,7 @@ import numpy as np
 from .._exceptions import ConfigError, DataError
 from ._dataset import Dataset, Split
 from ._fetch import PINNED, ensure_files, verify_file
+from ._refs import builtin_ref
 
 __all__ = ["load_mnist", "FASHION_MNIST_CLASSES"]
 
@@ -32,9 +33,9 @@ _DOMAINS = {
 }
 _CLASSES = {"mnist": _MNIST_CLASSES, "fashion-mnist": FASHION_MNIST_CLASSES}
 _INFO = {
-    "mnist": {"source": "http://yann.lecun.com/exdb/mnist/ (mirror ossci-datasets.s3.amazonaws.com/mnist/)",
+    "mnist": {"url": "http://yann.lecun.com/exdb/mnist/ (mirror ossci-datasets.s3.amazonaws.com/mnist/)",
               "license": "CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)"},
-    "fashion-mnist": {"source": "https://github.com/zalandoresearch/fashion-mnist", "license": "MIT (Zalando SE)"},
+    "fashion-mnist": {"url": "https://github.com/zalandoresearch/fashion-mnist", "license": "MIT (Zalando SE)"},
 }
 
 _FILES = {
@@ -132,5 +133,5 @@ def load_mnist(
         "val": Split(x_tr[cut:], classes[y_tr[cut:]]),
         "test": Split(x_te, classes[y_te]),
     }
-    info = dict(_INFO[kind], path=str(directory))
+    info = dict(_INFO[kind], path=str(directory), source=builtin_ref(kind, data_dir))
     return Dataset(kind, splits, _DOMAINS[kind], None, "image", info)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._components import register_component
 from .._estimator import BaseEstimator, check_features, check_fitted
 from .._exceptions import ConfigError
 from .._heads import HeadSpec, fit_temperature, head_logits, head_size, softmax, train_head
@@ -19,7 +20,21 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def check_name(name: Any, what: str = "expert") -> str:
-    """Names are used as directory names: 1-64 of ``[A-Za-z0-9_.-]``, starting alphanumeric."""
+    """A valid name, or a :class:`ConfigError` that says the rule.
+
+    Expert names are any readable text of 1-64 characters (``体育`` and
+    ``small talk`` included): printable, no leading or trailing space, no
+    ``/`` or ``\\``, not ``.`` or ``..`` (they name files of the lazy expert
+    store). Other names (assemblies: registry folders) are 1-64 of
+    ``[A-Za-z0-9_.-]``, starting with a letter or digit.
+    """
+    if what == "expert":
+        ok = (isinstance(name, str) and 1 <= len(name) <= 64 and name.isprintable() and name == name.strip()
+              and "/" not in name and "\\" not in name and name not in (".", ".."))
+        if not ok:
+            raise ConfigError(f"invalid expert name {name!r}: use 1-64 printable characters, no leading or trailing "
+                              "space, no '/' or '\\', not '.' or '..'")
+        return name
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(
             f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
@@ -27,6 +42,7 @@ def check_name(name: Any, what: str = "expert") -> str:
     return name
 
 
+@register_component
 class HeadExpert(BaseEstimator):
     """A small specialist: a head over features that knows its own labels.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .._components import register_component
 from .._estimator import BaseEstimator, check_features, check_fitted
 from .._exceptions import ConfigError
 from .._features import confidence_features, label_centroids
@@ -27,6 +28,7 @@ def resolve_encoder(encoder: Any) -> Any:
     return encoder
 
 
+@register_component
 class HeadGeneralist(BaseEstimator):
     """A monolith: one head over all labels (out-of-scope included when trained on it).
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from .._components import register_component
 from .._estimator import BaseEstimator, check_fitted
 from .._exceptions import ConfigError, GeneralistError
 
 __all__ = ["OpenAIGeneralist"]
 
 
+@register_component
 class OpenAIGeneralist(BaseEstimator):
     """Ask an OpenAI-compatible ``/chat/completions`` endpoint to pick one label.
 

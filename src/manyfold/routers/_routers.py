@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .._components import register_component
 from .._exceptions import ConfigError
 from .._heads import HeadSpec, head_logits, train_head
 from ._base import Router
@@ -17,6 +18,7 @@ def _normalise(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
+@register_component
 class LinearRouter(Router):
     """A multinomial logistic gate over labels (L-BFGS, L2 ``l2``), marginalised to experts.
 
@@ -67,6 +69,7 @@ class LinearRouter(Router):
         self.params_ = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
 
 
+@register_component
 class CentroidRouter(Router):
     """Cosine similarity to each label's mean vector; no training beyond averaging.
 
@@ -99,6 +102,7 @@ class CentroidRouter(Router):
         self._scan = None
 
 
+@register_component
 class KNNRouter(Router):
     """The labels of the ``k`` most cosine-similar training examples vote (similarity-weighted).
 

@@ -39,7 +39,7 @@ def _clone(asm: Any) -> Any:
     new.router = copy.deepcopy(asm.router)
     new.experts = list(asm.experts)
     new.counters = Counter()
-    new.policy_ = dict(asm.policy_)
+    new.policy_ = asm.policy_  # a refit installs a new policy object; this one is never changed in place
     return new
 
 
