@@ -16,8 +16,8 @@ import numpy as np
 from .._exceptions import ConfigError, InputError
 
 __all__ = [
-    "TextEncoder", "check_texts", "validate_texts", "validate_with", "empty_matrix", "format_options", "parse_options", "parse_bool",
-    "parse_int",
+    "TextEncoder", "check_texts", "validate_texts", "validate_with",
+    "empty_matrix", "format_options", "parse_options", "parse_bool", "parse_int",
 ]
 
 
