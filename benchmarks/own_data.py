@@ -285,6 +285,8 @@ def markdown(res: dict[str, Any]) -> str:
          "is routed to. Fit seconds exclude encoding (cached vectors).", ""]
     if "grouping" in res:
         for key, r in res["grouping"].items():
+            if not isinstance(r, dict):
+                continue
             L += [f"## {key}: {r['dataset']}", "", f"Experts chosen by automatic grouping: **{r['experts_chosen']}**; "
                   f"auto - flat (closed): {r['auto_minus_flat_closed_points']:+.2f} points "
                   f"({'PASS' if r['check_auto_within_0.5_points_of_flat'] else 'FAIL'}: at most 0.5 below).", "",

@@ -85,7 +85,7 @@ def test_failing_generalist_is_an_explicit_counted_fallback(tiny_asm, tiny_ds, m
         ([], "empty"),
         (["ok", ""], "item 1 is empty"),
         (["ok", "   "], "item 1 is empty"),
-        (["ok", 3], "item 1 must be a string, got int"),
+        (["ok", 3], "item 1 is a int, not a str"),
         (["x" * 100_000], "100000 characters; the limit is 2000"),
         ("just a string", "not a single string"),
     ],
