@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment  # noqa: E402
 
-from manyfold import Registry  # noqa: E402
+from manyfold import AssemblyConfig, Registry  # noqa: E402
 from manyfold._demo import run_demo  # noqa: E402
 
 TARGETS = """\
@@ -33,7 +33,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        res = run_demo(data_dir=args.data_dir, name="quality", registry=Registry(tmp), log=lambda m: print(m, file=sys.stderr))
+        # the issue-2 figures are pinned to the fixed 13% escalation budget they were set with
+        res = run_demo(data_dir=args.data_dir, name="quality", registry=Registry(tmp), log=lambda m: print(m, file=sys.stderr),
+                       config=AssemblyConfig(escalation_objective="budget", max_escalation_rate=0.13))
     res.pop("registry")
     res.update(environment())
     rows = {r["system"]: r for r in res["rows"]}
@@ -59,8 +61,9 @@ def main() -> None:
         "",
         f"Test split: {esc['n_in_scope']} in-scope items (150 intents), {esc['n_oos']} out-of-scope items. "
         "*In-scope acc* is the intent accuracy on in-scope items (closed set); *in-scope acc (OOS on)* also counts an "
-        "in-scope item wrongly called out-of-scope as an error. Flat models detect OOS by max-softmax with a threshold "
-        "set on the validation split at the same false-OOS rate as the assembly.",
+        "in-scope item wrongly called out-of-scope as an error. The flat models are at their strongest standard form: "
+        "out-of-scope is a trained class (score: p(out_of_scope)), thresholded on the validation split at the same "
+        "false-OOS rate as the assembly. Escalation budget pinned at 13% (`escalation_objective='budget'`).",
         "",
         "| system | in-scope acc | in-scope acc (OOS on) | OOS recall | OOS AUROC | escalated (in-scope) | routing acc |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

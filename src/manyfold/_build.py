@@ -226,6 +226,11 @@ def evaluate(asm: Assembly, items: Sequence[Any], labels: Any, *, escalate: bool
     report = evaluate_arrays(asm, out, y)
     report["seconds_after_encoding"] = round(time.perf_counter() - t0, 3)
     report["n_unknown_as_oos"] = int(strange.sum())
+    cal = asm.calibration_
+    report["escalation_objective"] = cal.get("objective")
+    report["escalation_budget"] = cal.get("escalation_budget")
+    report["budget_binds"] = cal.get("budget_binds")
+    report["oos_method"] = cal.get("oos_method")
     if unknown_labels:
         report["unknown_labels"] = unknown_labels[:50]
     reasons = {}

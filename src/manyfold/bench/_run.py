@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._config import AssemblyConfig
 from .._fit import NEVER
 from ..data import load_dataset
 from ..encoders import CachedEncoder, ConcatEncoder, EmbeddingCache, get_encoder
@@ -154,9 +155,13 @@ def run_bench(ds: Any, cfg: BenchConfig, *, progress: bool = True) -> dict[str, 
     step("assemblies fitted")
     gsig = lambda rows: gen.signals_features(Xg[rows])  # noqa: E731
     sysres: dict[str, dict[str, Any]] = {}
-    for name, g, fit_s, X in (("flat_small", flat_small, fs_fit, Xs), ("flat_big", flat_big, fb_fit, F[cfg.big].X["test"]),
-                              ("generalist", gen, gen_fit, Xg)):
-        sysres[name] = {**S.eval_monolith(g, X, y, ds.label_to_domain), "train_seconds": fit_s,
+    y_val = np.asarray(ds.split("val").labels).astype(str)
+    for name, g, fit_s, X, Xv in (("flat_small", flat_small, fs_fit, Xs, F[cfg.small].X["val"]),
+                                  ("flat_big", flat_big, fb_fit, F[cfg.big].X["test"], F[cfg.big].X["val"]),
+                                  ("generalist", gen, gen_fit, Xg, F[cfg.generalist].X["val"])):
+        sysres[name] = {**S.eval_monolith(g, X, y, ds.label_to_domain, X_val=Xv, y_val=y_val,
+                                          target_false_oos_rate=AssemblyConfig().target_false_oos_rate),
+                        "train_seconds": fit_s,
                         "param_bytes": T.state_bytes(g),
                         "inference_peak_traced_bytes": T.traced_peak(lambda g=g, X=X: g.predict_proba_features(X))}
     outs: dict[str, Any] = {}

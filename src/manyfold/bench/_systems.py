@@ -109,19 +109,34 @@ def fit_monolith(F: Features, ds: Any, gen: HeadGeneralist | None = None, seed: 
     return g, time.perf_counter() - t0
 
 
-def eval_monolith(g: HeadGeneralist, X: np.ndarray, y: Any, label_to_domain: dict[str, str]) -> dict[str, Any]:
-    """Accuracy / macro-F1 / OOS recall and AUROC (score: p(out_of_scope)) / domain of the predicted label."""
+def eval_monolith(g: HeadGeneralist, X: np.ndarray, y: Any, label_to_domain: dict[str, str], *, X_val: np.ndarray,
+                  y_val: Any, target_false_oos_rate: float) -> dict[str, Any]:
+    """Accuracy / macro-F1 / OOS recall and AUROC / domain of the predicted label, for a flat model at its strongest.
+
+    Out-of-scope is a trained class; an item is called out-of-scope when
+    ``p(out_of_scope)`` is above the threshold that wrongly calls
+    ``target_false_oos_rate`` of the in-scope validation items out-of-scope
+    (the assembly's rule, :mod:`manyfold._baselines`).
+    """
+    from .._baselines import oos_threshold
+
     y = np.asarray(y).astype(str)
     oos = g.oos_label
-    proba = g.predict_proba_features(X)
-    pred = g.labels_[proba.argmax(1)]
-    t, ins = y == oos, y != oos
     oos_col = g.labels_ == oos
+    yv = np.asarray(y_val).astype(str)
+    thr = oos_threshold(g.predict_proba_features(X_val)[:, oos_col].sum(1)[yv != oos], target_false_oos_rate)
+    proba = g.predict_proba_features(X)
+    t, ins = y == oos, y != oos
     p_oos = proba[:, oos_col].sum(1)
+    called = p_oos > thr
+    keep = ~oos_col
+    pred = np.where(called, oos, g.labels_[keep][proba[:, keep].argmax(1)])
     dom = np.array([label_to_domain.get(v, "") for v in pred.tolist()])
     true_dom = np.array([label_to_domain.get(v, "") for v in y.tolist()])
+    closed = g.labels_[keep][proba[:, keep].argmax(1)]
     return {"in_scope_accuracy": float((pred[ins] == y[ins]).mean()), "macro_f1": macro_f1(y, pred),
-            "oos_recall": float((pred[t] == oos).mean()) if t.any() else float("nan"),
+            "in_scope_accuracy_closed": float((closed[ins] == y[ins]).mean()),
+            "oos_recall": float(called[t].mean()) if t.any() else float("nan"),
             "oos_auroc": auroc(p_oos, t), "routing_accuracy": float((dom[ins] == true_dom[ins]).mean()),
             "escalation_rate": 0.0, "escalation_rate_all": 0.0}
 
