@@ -28,7 +28,14 @@ from ._prediction import Prediction
 from ._validation import check_items
 from .routers import top_k
 
-__all__ = ["Assembly", "StageOutput"]
+__all__ = ["Assembly", "StageOutput", "take_items"]
+
+
+def take_items(items: Sequence[Any], rows: Any) -> Any:
+    """The items at ``rows``: a slice of an array batch, or a list for a list."""
+    if isinstance(items, np.ndarray):
+        return items[np.asarray(rows)]
+    return [items[i] for i in np.asarray(rows).tolist()]
 
 
 class StageOutput:
@@ -109,7 +116,13 @@ class Assembly:
             self._generalist_cols = np.array([gl.get(lab, -1) for lab in self.labels_.tolist()])
 
     # -- the forward pass -----------------------------------------------------------
-    def _small_stage(self, X: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    def _small_stage(self, X: np.ndarray, top: int, items: Sequence[Any] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+        """Router, then each chosen expert on the rows routed to it (sparse: an expert nobody chose does no work).
+
+        A head expert reads the shared vectors ``X``; an expert that is a whole
+        model (``consumes == "items"``) reads its rows of the raw ``items``.
+        """
         t0 = time.perf_counter()
         pr = self.router.predict_proba(X)
         idx, w = top_k(pr, top)
@@ -117,7 +130,13 @@ class Assembly:
         proba = np.zeros((len(X), len(self.labels_)), np.float32)
         for j in np.unique(idx):
             rows, slot = np.nonzero(idx == j)
-            pe = self._route_experts[j].predict_proba(X[rows])
+            e = self._route_experts[j]
+            if getattr(e, "consumes", "features") == "items":
+                if items is None:
+                    raise ConfigError(f"expert {e.name!r} is a whole model that reads the items themselves: pass items")
+                pe = e.predict_proba(take_items(items, rows))
+            else:
+                pe = e.predict_proba(X[rows])
             proba[rows[:, None], self._expert_cols[j][None, :]] += w[rows, slot][:, None] * pe
         t2 = time.perf_counter()
         return pr, idx, w, proba, {"route": t1 - t0, "experts": t2 - t1}
@@ -138,7 +157,7 @@ class Assembly:
         generalist's signals and :meth:`resolve_escalated` (or :meth:`mark_degraded`
         when the generalist fails).
         """
-        out = self.small_pass(X, top=top, escalate=escalate)
+        out = self.small_pass(X, top=top, escalate=escalate, items=items)
         rows = np.nonzero(out.escalated)[0]
         if len(rows):
             t0 = time.perf_counter()
@@ -156,7 +175,8 @@ class Assembly:
             out.times["generalist"] = time.perf_counter() - t0
         return out
 
-    def small_pass(self, X: np.ndarray, *, top: int | None = None, escalate: bool = True) -> StageOutput:
+    def small_pass(self, X: np.ndarray, *, top: int | None = None, escalate: bool = True,
+                   items: Sequence[Any] | None = None) -> StageOutput:
         """Router, experts and stage-1 out-of-scope score; marks (and counts) the rows to escalate.
 
         Escalated rows keep the experts' answer until :meth:`resolve_escalated`
@@ -164,7 +184,7 @@ class Assembly:
         other rows at once and send these to the generalist on their own.
         """
         self._check_ready()
-        pr, idx, w, proba, times = self._small_stage(X, top or self.config.top_k)
+        pr, idx, w, proba, times = self._small_stage(X, top or self.config.top_k, items)
         d = self.policy_.decide(proba, X, pr, escalate=escalate and self.generalist is not None)
         n = len(X)
         times["generalist"] = 0.0

@@ -9,6 +9,7 @@ import numpy as np
 
 from ._exceptions import ConfigError
 from ._features import label_centroids
+from ._assembly import take_items
 from ._policy import MIN_OOS_PROBA, NEVER, EscalationPolicy, PoolSignals
 
 __all__ = ["fit_assembly", "calibrate_assembly", "refit_router", "NEVER", "MIN_OOS_PROBA"]
@@ -47,8 +48,12 @@ def fit_assembly(asm: Any, train_items: Sequence[Any], train_labels: Any, val_it
         if not mine.any():
             raise ConfigError(f"no training item has a label of expert {e.name!r}")
         mine_va = np.array([label_to_expert.get(v) == e.name for v in y_va.tolist()])
-        e.fit(X_tr[mine], y_tr[mine], X_val=X_va[mine_va], y_val=y_va[mine_va],
-              lineage={"encoder": getattr(asm.encoder, "id", None)})
+        if getattr(e, "consumes", "features") == "items":  # a whole model: it learns from the raw items
+            e.fit(take_items(train_items, np.nonzero(mine)[0]), y_tr[mine], items_val=take_items(val_items, np.nonzero(mine_va)[0]),
+                  y_val=y_va[mine_va], show_progress=show_progress)
+        else:
+            e.fit(X_tr[mine], y_tr[mine], X_val=X_va[mine_va], y_val=y_va[mine_va],
+                  lineage={"encoder": getattr(asm.encoder, "id", None)})
     g = asm.generalist
     if g is not None and not _is_fitted(g):
         g.fit(list(train_items), y_tr, items_val=list(val_items), y_val=y_va, show_progress=show_progress)
@@ -111,7 +116,7 @@ def calibrate_assembly(asm: Any, X: np.ndarray, items: Sequence[Any], y: np.ndar
     oos = asm.config.oos_label
     y = np.asarray(y).astype(str)
     t = y == oos
-    pr, _, _, proba, _ = asm._small_stage(X, asm.config.top_k)
+    pr, _, _, proba, _ = asm._small_stage(X, asm.config.top_k, items)
     index = {lab: i for i, lab in enumerate(asm.labels_.tolist())}
     yi = np.array([index.get(v, -1) for v in y.tolist()])
     pg_in = fg = None

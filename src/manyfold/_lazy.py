@@ -38,12 +38,10 @@ def expert_nbytes(expert: Any) -> int:
 
 
 def _default_loader(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-    from .experts import HeadExpert
+    """Any registered expert type (a head, or a whole model such as a CNN)."""
+    from ._components import component_class
 
-    if config.get("type") != "HeadExpert":
-        raise ConfigError(f"LazyExpertStore's default loader reads HeadExpert files, not {config.get('type')!r}; "
-                          "pass loader=")
-    return HeadExpert.from_state(config, arrays)
+    return component_class(config.get("type"), "a LazyExpertStore file").from_state(config, arrays)
 
 
 class LazyExpertStore:

@@ -114,7 +114,7 @@ class Engine:
                  batch_n: int, defer: bool = False) -> list[Prediction | Pending | BaseException]:
         t0 = time.perf_counter()
         try:
-            out = asm.small_pass(X, escalate=escalate) if defer else asm.forward(X, items, escalate=escalate)
+            out = asm.small_pass(X, escalate=escalate, items=items) if defer else asm.forward(X, items, escalate=escalate)
         except GeneralistError:  # the assembly handles these itself; anything else here is a bug upstream
             raise
         except Exception as exc:
