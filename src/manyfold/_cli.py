@@ -323,7 +323,7 @@ def _print_report(rep: dict[str, Any]) -> None:
     n = rep.get("n_unknown_as_oos", 0)
     if n:
         shown = ", ".join(rep.get("unknown_labels", [])[:10])
-        typer.echo(f"{n} items had labels the assembly does not know ({shown}); they were counted as out-of-scope")
+        typer.echo(f"{_n(n, 'item')} had labels the assembly does not know ({shown}); they were counted as out-of-scope")
 
 
 @app.command()
@@ -586,7 +586,7 @@ def bench(dataset: str = typer.Argument("clinc150", help="dataset name"),
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one readable line and a non-zero exit on any manyfold error or Ctrl-C."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except ManyfoldError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -599,12 +599,18 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             typer.echo("aborted: nothing was saved (the registry is unchanged)", err=True)
             sys.exit(130)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         raise
+    # typer turns Ctrl-C (and typer.Exit) inside a command into a returned exit code when not standalone
+    if rv == 130:
+        typer.echo("interrupted: nothing was saved (the registry is unchanged)", err=True)
+        sys.exit(130)
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+        sys.exit(rv)
 
 
 if __name__ == "__main__":  # pragma: no cover
