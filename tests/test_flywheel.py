@@ -219,7 +219,7 @@ def test_add_expert_from_teacher_learns_the_new_domain_without_its_labels(ds, do
             assert np.array_equal(v, asm.expert(name).params_[k])
 
 
-def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path, monkeypatch):
+def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path):
     new = ds.domains[3]
     train = ds.split("train")
     narrow = manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
@@ -229,7 +229,7 @@ def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path
     reg = manyfold.Registry(tmp_path / "reg")
     reg.save(asm, "demo")
     reg.save(narrow, "narrow")
-    monkeypatch.setattr("manyfold.data.load_dataset", lambda name, data_dir=None: ds)
+    # no stand-in dataset: the commands rebuild the CLINC150 subset from the manifest's dataset reference
     pool = tmp_path / "pool.txt"
     pool.write_text("\n".join(train.items) + "\n")
     lines: list[str] = []
@@ -250,6 +250,7 @@ def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path
     assert folded.expert_names == ["folded"] and folded.generalist is None
     assert folded.labels_.tolist() == grown.labels_.tolist()
     assert reg.manifest("demo-folded")["extra"]["folded_from"] == {"name": "demo", "version": 2}
+    assert reg.manifest("demo-folded")["dataset"] == reg.manifest("demo")["dataset"] == manyfold.data.dataset_ref(ds)
     te = ds.split("test")
     X = grown.encoder.encode(te.items)
     agree = (folded.predict_labels(X, te.items) == grown.predict_labels(X, te.items)).mean()
@@ -269,12 +270,11 @@ def test_fold_agrees_with_assembly(ds, domains, asm):
 
 
 # -- CLI entry point -------------------------------------------------------------------------------------------------
-def test_distill_main_saves_a_new_version(ds, domains, asm, tmp_path, monkeypatch):
+def test_distill_main_saves_a_new_version(ds, domains, asm, tmp_path):
     import manyfold.flywheel._cli as cli
 
     reg = manyfold.Registry(tmp_path / "reg")
     assert reg.save(asm, "demo") == 1
-    monkeypatch.setattr("manyfold.data.load_dataset", lambda name, data_dir=None: ds)
     test = ds.split("test")
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"text": t}) + "\n" for t in test.items))

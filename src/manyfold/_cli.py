@@ -7,18 +7,23 @@ registry as it was (every save is atomic).
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from typing import Any, Optional
 
 import typer
 
-from ._exceptions import ConfigError, ManyfoldError
+from ._exceptions import ConfigError, DataError, InputError, ManyfoldError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Assemble many small experts into one large model.")
 experts_app = typer.Typer(no_args_is_help=True, help="List, add or remove the experts of a saved assembly.")
 app.add_typer(experts_app, name="experts")
 
-DataDir = typer.Option(None, "--data-dir", help="folder holding clinc150/ (default: $MANYFOLD_DATA, else the cache; downloads when missing)")
+DataDir = typer.Option(None, "--data-dir", help="folder holding clinc150/ (default: the one recorded at assembly, else "
+                                                  "$MANYFOLD_DATA, else the cache; downloads when missing); not used for files")
+DatasetOpt = typer.Option(None, "--dataset", help="the data the assembly was built from: clinc150 or a file or folder "
+                                                  "path (default: the dataset its manifest records)")
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -40,10 +45,141 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
-def _dataset_for(manifest: dict[str, Any], data_dir: Optional[str]) -> Any:
+def _dataset_for(manifest: dict[str, Any], data_dir: Optional[str], dataset: Optional[str] = None,
+                 option: str = "--dataset") -> Any:
+    """The data a saved assembly was built from (its manifest's reference), or ``dataset`` when given."""
     from .flywheel._cli import dataset_for
 
-    return dataset_for(manifest.get("extra") or {}, data_dir)
+    return dataset_for(manifest, data_dir, dataset, option=option)
+
+
+# -- users' files -----------------------------------------------------------------------------------
+
+
+def _file_table(path: str, option: str) -> Any:
+    """One data file read as columns (CSV, TSV, JSONL, Parquet); every error names the path."""
+    from pathlib import Path
+
+    from .data._files import _format_of, _read_bytes, _read_table, not_found
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{option} takes one file, and {str(p)!r} is a folder")
+    if not p.exists():
+        raise not_found("file", str(p), f"no such file {str(p)!r} ({option})")
+    return _read_table(p, _read_bytes(p), _format_of(p))
+
+
+def _check_lengths(texts: list[str], where: list[str], path: str, max_chars: int) -> None:
+    """Every text fits the assembly's ``max_chars`` (else one line naming the row), checked before any work."""
+    for i, t in enumerate(texts):
+        if len(t) > max_chars:
+            raise InputError(f"{path!r} {where[i]}: the text has {len(t)} characters; this assembly takes at most {max_chars}")
+
+
+def _read_labelled(path: str, text_col: Optional[str], label_col: Optional[str], oos_label: Optional[str],
+                   max_chars: int) -> tuple[list[str], list[str], Optional[str]]:
+    """Every row of a labelled file (no split): texts, labels and the file's out-of-scope label.
+
+    The columns and the out-of-scope rules are the ones ``manyfold assemble`` reads files with;
+    unlike training data, a label may occur once and a file may hold only out-of-scope rows.
+    """
+    from .data._files import AUTO_OOS, LABEL_COLUMNS, TEXT_COLUMNS, _names, _pick_column, _texts
+
+    table = _file_table(path, "--data")
+    tcol = _pick_column(table, text_col, TEXT_COLUMNS, "text", "--text-col")
+    lcol = _pick_column(table, label_col, LABEL_COLUMNS, "label", "--label-col")
+    if tcol == lcol:
+        raise ConfigError(f"{path!r}: the text and the label column are both {tcol!r}")
+    texts = _texts(table, tcol)
+    labels = _names(table, lcol, "label")
+    for i, lab in enumerate(labels):
+        if lab is None:
+            raise DataError(f"{table.at(i)}: empty label in column {lcol!r}")
+    _check_lengths(texts, table.where, path, max_chars)
+    if oos_label == "auto":
+        hits = [lab for lab in AUTO_OOS if lab in set(labels)]
+        if len(hits) > 1:
+            raise DataError(f"{path!r} has both {hits[0]!r} and {hits[1]!r} labels; name the out-of-scope one with --oos-label")
+        oos_label = hits[0] if hits else None
+    return texts, labels, oos_label  # type: ignore[return-value]
+
+
+def _read_texts(path: str, text_col: Optional[str], max_chars: int) -> tuple[list[str], list[str]]:
+    """The texts of ``--input`` (one per non-blank line of ``.txt``; the text column of a data file) and their rows."""
+    from pathlib import Path
+
+    from .data._files import FORMATS, TEXT_COLUMNS, _decode, _pick_column, _read_bytes, _texts, not_found
+
+    p = Path(path).expanduser()
+    if p.suffix.lower() in (".txt", ".text"):
+        if not p.is_file():
+            raise not_found("file", str(p), f"no such file {str(p)!r} (--input)")
+        if text_col is not None:
+            raise ConfigError(f"--text-col names a column, and {str(p)!r} is plain text (one text per line)")
+        texts, where = [], []
+        for no, line in enumerate(_decode(p, _read_bytes(p)).split("\n"), 1):
+            if line.strip():
+                texts.append(line.rstrip("\r"))
+                where.append(f"line {no}")
+        if not texts:
+            raise DataError(f"{str(p)!r} holds no text")
+    elif p.suffix.lower() in FORMATS:
+        table = _file_table(path, "--input")
+        texts = _texts(table, _pick_column(table, text_col, TEXT_COLUMNS, "text", "--text-col"))
+        where = table.where
+    else:
+        raise ConfigError(f"cannot read {str(p)!r}: unknown file type {p.suffix or '(no extension)'!r}; "
+                          f"valid extensions: .txt, {', '.join(FORMATS)}")
+    _check_lengths(texts, where, path, max_chars)
+    return texts, where
+
+
+def _assembly_name(dataset_name: str) -> str:
+    """A registry name made from a dataset name: ``[A-Za-z0-9_.-]``, starting with a letter or digit."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name).lstrip("_.-")[:64].rstrip("_.-")
+    return name or "assembly"
+
+
+def _option_list(text: Optional[str]) -> Optional[list[str]]:
+    return [d.strip() for d in text.split(",") if d.strip()] if text else None
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _grouping_line(g: Optional[dict[str, Any]]) -> str:
+    if not g:
+        return "grouping: not recorded (an assembly saved before manyfold recorded it)"
+    n = g.get("n_experts")
+    how = ("number chosen from the data" if g.get("chosen") == "auto" else "given") if g.get("chosen") else ""
+    scores = g.get("scores") or {}
+    best = f"; silhouette {max(scores.values()):.3f}" if g.get("chosen") == "auto" and scores else ""
+    return f"grouping: {g.get('method')}, {_n(int(n or 0), 'expert')} ({how}{best})"
+
+
+def _calibration_line(cal: dict[str, Any]) -> str:
+    oos = {"examples": "the data's out-of-scope examples", "held_out_labels": "labels held out in folds"}
+    parts = [f"objective {cal.get('objective')}"]
+    if "escalation_budget" in cal:
+        parts.append(f"escalation budget {cal['escalation_budget']:.2f} "
+                     f"({'binds: more escalation would be more accurate' if cal.get('budget_binds') else 'does not bind'})")
+        parts.append(f"validation accuracy {cal.get('val_in_scope_accuracy', float('nan')):.4f} "
+                     f"at {cal.get('val_escalation_rate', float('nan')):.1%} escalated")
+    else:
+        parts.append("no generalist: never escalates")
+        parts.append(f"validation accuracy {cal.get('val_in_scope_accuracy_small', float('nan')):.4f}")
+    parts.append(f"out-of-scope learnt from {oos.get(cal.get('oos_method'), cal.get('oos_method'))}")
+    return "calibration: " + "; ".join(parts)
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _label_preview(labels: list[str], n: int = 4) -> str:
+    return ", ".join(labels[:n]) + (f", ... (+{len(labels) - n})" if len(labels) > n else "")
 
 
 @app.command()
@@ -64,8 +200,28 @@ def demo(data_dir: Optional[str] = DataDir, name: str = typer.Option("clinc150",
 
 
 @app.command("assemble")
-def assemble_cmd(dataset: str = typer.Argument(..., help="dataset name: clinc150, mnist or fashion-mnist"),
-                 name: Optional[str] = typer.Option(None, help="registry name (default: the dataset name)"),
+def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
+                                             help="clinc150, or a labelled file (.csv .tsv .jsonl .parquet) or a folder "
+                                                  "of split files (train.csv, val.csv, test.csv)"),
+                 name: Optional[str] = typer.Option(None, help="registry name (default: the dataset's name, e.g. "
+                                                                "support for examples/support.csv)"),
+                 text_col: Optional[str] = typer.Option(None, "--text-col", help="column of the texts (default: the "
+                                                        "first of text, utterance, sentence, query, question, item)"),
+                 label_col: Optional[str] = typer.Option(None, "--label-col", help="column of the labels (default: the "
+                                                         "first of label, intent, category, class, target)"),
+                 domain_col: Optional[str] = typer.Option(None, "--domain-col", help="column of the domains (default: "
+                                                          "domain when present); \"\" ignores domains"),
+                 oos_label: str = typer.Option("auto", "--oos-label", help="the out-of-scope label: auto (out_of_scope "
+                                               "or oos when present), a label, or none"),
+                 val_share: Optional[float] = typer.Option(None, "--val-share", help="share of each label held out to "
+                                                           "validate (default 0.1)"),
+                 test_share: Optional[float] = typer.Option(None, "--test-share", help="share of each label held out to "
+                                                            "test (default 0.2 for one file, 0 for a folder)"),
+                 seed: int = typer.Option(0, help="seed of the train / val / test split"),
+                 experts: Optional[int] = typer.Option(None, "--experts", help="group the labels into this many experts "
+                                                       "(default: one per domain, else a number chosen from the data)"),
+                 expert_map: Optional[str] = typer.Option(None, "--expert-map", help="label -> expert file: JSON "
+                                                          "{\"label\": \"expert\"} or CSV with columns label,expert"),
                  data_dir: Optional[str] = DataDir,
                  encoder: str = typer.Option("minilm", help="encoder spec of the experts"),
                  generalist: Optional[str] = typer.Option(None, help="encoder spec of the generalist, or 'none'"),
@@ -73,70 +229,220 @@ def assemble_cmd(dataset: str = typer.Argument(..., help="dataset name: clinc150
                  domains: Optional[str] = typer.Option(None, help="comma-separated domains to build experts for"),
                  generalist_domains: str = typer.Option("experts", help="train the generalist on the experts' domains "
                                                         "('experts') or on every domain ('all')"),
-                 top_k: int = typer.Option(2, help="experts consulted per item")) -> None:
-    """Build an assembly from a dataset and save it in the registry."""
+                 top_k: int = typer.Option(2, help="experts consulted per item"),
+                 objective: str = typer.Option("knee", help="how much to escalate: knee (least escalation near the best "
+                                               "accuracy), accuracy (reach --target-accuracy) or budget "
+                                               "(best accuracy at --max-escalation-rate)"),
+                 target_accuracy: Optional[float] = typer.Option(None, "--target-accuracy",
+                                                                 help="with --objective accuracy: validation accuracy to reach"),
+                 max_escalation_rate: float = typer.Option(1.0, "--max-escalation-rate",
+                                                           help="at most this share of items goes to the generalist")) -> None:
+    """Build an assembly from clinc150 or your own labelled file or folder, and save it in the registry.
+
+    Everything is checked before any model runs; the registry is written last, so a failure leaves it as it was.
+    """
+    from pathlib import Path
+
     from ._build import assemble
     from ._config import AssemblyConfig
     from ._demo import pick_generalist_encoder
     from ._registry import Registry
-    from .data import load_dataset
+    from .data import DATASETS, TEXT_DATASETS, load_dataset, read_label_map
+    from .data._files import FORMATS, not_found
+    from .experts import check_name
 
-    ds = load_dataset(dataset, data_dir)
+    # -- everything cheap first: a mistake costs no model load and writes nothing -------------------
+    if source in DATASETS and source not in TEXT_DATASETS:
+        raise ConfigError(f"{source!r} is not a text dataset; valid built-in datasets: {', '.join(TEXT_DATASETS)}; "
+                          f"or give a labelled file ({', '.join(FORMATS)}) or a folder path")
+    builtin = source in TEXT_DATASETS
+    if not builtin and not Path(source).expanduser().exists():
+        raise not_found("dataset", source, f"unknown dataset {source!r}: not a built-in ({', '.join(TEXT_DATASETS)}) and "
+                                           f"no such file or folder; give a labelled file ({', '.join(FORMATS)}) or a folder")
+    given = {"--text-col": text_col, "--label-col": label_col, "--domain-col": domain_col, "--val-share": val_share,
+             "--test-share": test_share, "--oos-label": None if oos_label == "auto" else oos_label,
+             "--seed": seed or None}
+    if builtin and any(v is not None for v in given.values()):
+        used = ", ".join(k for k, v in given.items() if v is not None)
+        raise ConfigError(f"{used} {'applies' if ',' not in used else 'apply'} to data files, not to the built-in "
+                          f"dataset {source!r}")
+    config = AssemblyConfig(top_k=top_k, escalation_objective=objective, target_accuracy=target_accuracy,
+                            max_escalation_rate=max_escalation_rate)
+    if name is not None:
+        check_name(name, "assembly")
+    mapping = read_label_map(expert_map) if expert_map is not None else None
+    if mapping is not None and experts is not None:
+        raise ConfigError("--experts and --expert-map both say how to group the labels; give one")
     gen_spec = None
     if generalist != "none":
         gen_spec, note = pick_generalist_encoder(generalist)
         if note:
             typer.echo(f"note: {note}", err=True)
-    chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
+    if builtin:
+        ds = load_dataset(source, data_dir)
+    else:
+        ds = load_dataset(source, text_col=text_col, label_col=label_col, domain_col=domain_col,
+                          oos_label=None if oos_label == "none" else oos_label, val_share=val_share,
+                          test_share=test_share, seed=seed)
+    name = name or _assembly_name(ds.name)
+    check_name(name, "assembly")
+    chosen = _option_list(domains)
     asm = assemble(ds, encoder=encoder, generalist=gen_spec, router=router, domains=chosen,
-                   generalist_domains=generalist_domains, config=AssemblyConfig(top_k=top_k), show_progress=True)
+                   generalist_domains=generalist_domains, n_experts=experts, expert_map=mapping, config=config,
+                   show_progress=True)
+    # -- the one write, last ----------------------------------------------------------------------
     reg = Registry()
-    v = reg.save(asm, name or dataset, extra={"dataset": dataset, "data_dir": data_dir, "domains": chosen or list(ds.domains)})
-    typer.echo(f"saved assembly {name or dataset!r} version {v} ({len(asm.experts)} experts) in {reg.root}")
-    typer.echo(json.dumps(asm.calibration_))
+    extra = {"domains": chosen or list(ds.domains)} if ds.has_domains else {}
+    v = reg.save(asm, name, extra=extra)
+
+    sizes = ", ".join(f"{k} {len(sp)}" for k, sp in ds.splits.items())
+    src = ds.info.get("path") or ds.name
+    typer.echo(f"{ds.name}: {_n(len(ds.labels), 'label')}, {sizes} items"
+               f"{f', out-of-scope label {ds.oos_label!r}' if ds.oos_label else ', no out-of-scope items'} ({src})")
+    grouping = (getattr(asm, "provenance_", None) or {}).get("grouping")
+    typer.echo(f"{_n(len(asm.experts), 'expert')}; {_grouping_line(grouping)}")
+    for e in asm.experts:
+        labs = e.labels_.tolist()
+        typer.echo(f"  {e.name:<24} {_n(len(labs), 'label')}: {_label_preview(labs)}")
+    typer.echo(_calibration_line(asm.calibration_))
+    typer.echo(f"saved assembly {name!r} version {v} in {reg.root}")
+    typer.echo(f"try: manyfold evaluate {name}   or   manyfold predict {name} \"some text\"")
+
+
+def _print_report(rep: dict[str, Any]) -> None:
+    reasons = rep.get("not_measured") or {}
+    for k, v in rep.items():
+        if k in ("not_measured", "unknown_labels"):
+            continue
+        if v is None:
+            typer.echo(f"{k:28s} n/a ({reasons.get(k, 'not measured')})")
+        elif isinstance(v, dict):
+            typer.echo(f"{k:28s} " + ", ".join(f"{a}={_fmt(b)}" for a, b in v.items()))
+        else:
+            typer.echo(f"{k:28s} {_fmt(v)}")
+    n = rep.get("n_unknown_as_oos", 0)
+    if n:
+        shown = ", ".join(rep.get("unknown_labels", [])[:10])
+        typer.echo(f"{_n(n, 'item')} had labels the assembly does not know ({shown}); they were counted as out-of-scope")
 
 
 @app.command()
-def evaluate(name: str, split: str = typer.Option("test", help="train, val or test"), data_dir: Optional[str] = DataDir,
+def evaluate(name: str,
+             split: Optional[str] = typer.Option(None, help="split of the assembly's dataset (default: test)"),
+             data: Optional[str] = typer.Option(None, "--data", help="score every row of this labelled file instead "
+                                                "(.csv .tsv .jsonl .parquet)"),
+             text_col: Optional[str] = typer.Option(None, "--text-col", help="with --data: the text column"),
+             label_col: Optional[str] = typer.Option(None, "--label-col", help="with --data: the label column"),
+             oos_label: str = typer.Option("auto", "--oos-label", help="with --data: the out-of-scope label: auto, a "
+                                           "label, or none"),
+             data_dir: Optional[str] = DataDir,
              no_escalate: bool = typer.Option(False, "--no-escalate", help="never consult the generalist"),
              version: Optional[int] = typer.Option(None, help="registry version (default: latest)"),
              json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
-    """Evaluate a saved assembly on a dataset split."""
+    """Evaluate a saved assembly on a split of the data it was built from, or on any labelled file.
+
+    Labels the assembly does not know count as out-of-scope; figures the data cannot give are n/a.
+    """
     from ._build import evaluate as run_eval
     from ._registry import Registry
 
-    reg = Registry()
-    asm = reg.load(name, version)
-    ds = _dataset_for(asm.manifest_, data_dir)
-    s = ds.split(split)
-    rep = run_eval(asm, s.items, s.labels, escalate=not no_escalate)
+    file_opts = [o for o, v in (("--text-col", text_col), ("--label-col", label_col),
+                                ("--oos-label", None if oos_label == "auto" else oos_label)) if v is not None]
+    if data is None and file_opts:
+        raise ConfigError(f"{', '.join(file_opts)} {'goes' if len(file_opts) == 1 else 'go'} with --data FILE; "
+                          "the assembly's own dataset keeps its columns")
+    if data is not None and split is not None:
+        raise ConfigError("--split and --data both say what to score; --data FILE is scored whole (every row)")
+    asm = Registry().load(name, version)
+    if data is not None:
+        items, labels, data_oos = _read_labelled(data, text_col, label_col, None if oos_label == "none" else oos_label,
+                                                 asm.config.max_chars)
+    else:
+        ds = _dataset_for(asm.manifest_, data_dir, option="--data FILE")
+        s = ds.split(split or "test")
+        items, labels, data_oos = s.items, s.labels, ds.oos_label
+    rep = run_eval(asm, items, labels, escalate=not no_escalate, oos_label=data_oos)
     if json_out:
         typer.echo(json.dumps(rep))
     else:
-        for k, v in rep.items():
-            typer.echo(f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}")
+        _print_report(rep)
+
+
+_OUTPUT_FIELDS = ("label", "confidence", "escalated", "reason", "experts", "oos_score")
+
+
+def _predict_file(asm: Any, src: str, out: str, text_col: Optional[str], batch_size: int, escalate: bool) -> int:
+    """Label every text of ``src`` in batches; write one JSON object per row to ``out`` atomically. Returns the count."""
+    import tempfile
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    texts, _ = _read_texts(src, text_col, asm.config.max_chars)
+    dest = Path(out).expanduser()
+    if dest.is_dir():
+        raise ConfigError(f"--output {str(dest)!r} is a folder; give a file name (e.g. predictions.jsonl)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh, \
+                tqdm(total=len(texts), unit="item", desc="predict", dynamic_ncols=True) as bar:
+            for lo in range(0, len(texts), batch_size):
+                batch = texts[lo:lo + batch_size]
+                for t, p in zip(batch, asm.predict(batch, escalate=escalate)):
+                    d = p.to_dict()
+                    fh.write(json.dumps({"text": t, **{k: d[k] for k in _OUTPUT_FIELDS}}, ensure_ascii=False) + "\n")
+                bar.update(len(batch))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return len(texts)
 
 
 @app.command()
-def predict(name: str, text: list[str] = typer.Argument(..., help="one or more texts"),
+def predict(name: str, text: Optional[list[str]] = typer.Argument(None, help="one or more texts"),
+            input_path: Optional[str] = typer.Option(None, "--input", help="label a whole file: .txt (one text per "
+                                                     "line), .csv, .tsv, .jsonl or .parquet"),
+            output: Optional[str] = typer.Option(None, "--output", help="with --input: the JSONL file to write "
+                                                 "(one object per input row)"),
+            text_col: Optional[str] = typer.Option(None, "--text-col", help="with --input: the text column"),
+            batch_size: int = typer.Option(256, "--batch-size", help="with --input: texts per batch"),
             json_out: bool = typer.Option(False, "--json", help="print JSON"),
             no_escalate: bool = typer.Option(False, "--no-escalate", help="never consult the generalist")) -> None:
-    """Predict the label of one or more texts with a saved assembly."""
+    """Predict the label of one or more texts, or of every text of a file (--input FILE --output OUT.jsonl)."""
     from ._registry import Registry
 
+    if bool(text) == (input_path is not None):
+        raise ConfigError("give texts or --input FILE (with --output OUT.jsonl), not both" if text else
+                          "nothing to predict: give one or more texts, or --input FILE --output OUT.jsonl")
+    if input_path is not None and output is None:
+        raise ConfigError("--input needs --output OUT.jsonl: where to write one JSON object per input row")
+    if input_path is None and (output is not None or text_col is not None):
+        raise ConfigError(f"{'--output' if output is not None else '--text-col'} goes with --input FILE")
     asm = Registry().load(name)
-    preds = asm.predict(list(text), escalate=not no_escalate)
+    if input_path is not None:
+        n = _predict_file(asm, input_path, output, text_col, batch_size, not no_escalate)  # type: ignore[arg-type]
+        typer.echo(f"labelled {n} items from {input_path}; wrote {output}")
+        return
+    texts = list(text or [])
+    preds = asm.predict(texts, escalate=not no_escalate)
     if json_out:
         typer.echo(json.dumps([p.to_dict() for p in preds] if len(preds) > 1 else preds[0].to_dict()))
         return
-    for t, p in zip(text, preds):
+    for t, p in zip(texts, preds):
         esc = f", escalated ({p.reason})" if p.escalated else ""
         typer.echo(f"{p.label}  (confidence {p.confidence:.3f}, experts {', '.join(p.experts)}{esc})  <- {t[:60]!r}")
 
 
 @app.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
-    """List the saved assemblies."""
+    """List the saved assemblies and the data each was built from."""
     from ._registry import Registry
 
     rows = Registry().list()
@@ -144,14 +450,18 @@ def list_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
         typer.echo(json.dumps(rows))
         return
     if not rows:
-        typer.echo("no assemblies yet: run `manyfold demo` or `manyfold assemble clinc150`")
+        typer.echo("no assemblies yet: run `manyfold demo`, `manyfold assemble clinc150` or `manyfold assemble FILE.csv`")
     for r in rows:
-        typer.echo(f"{r['name']}  v{r.get('version')}  {len(r.get('experts', []))} experts  encoder={r.get('encoder')}  generalist={r.get('generalist')}")
+        if "error" in r:
+            typer.echo(f"{r['name']}  error: {r['error']}")
+            continue
+        typer.echo(f"{r['name']}  v{r.get('version')}  {len(r.get('experts', []))} experts  "
+                   f"data={r.get('dataset') or 'not recorded'}  encoder={r.get('encoder')}  generalist={r.get('generalist')}")
 
 
 @experts_app.command("list")
 def experts_list(name: str, json_out: bool = typer.Option(False, "--json")) -> None:
-    """The experts of a saved assembly with their cards."""
+    """The experts of a saved assembly (their labels, size, validation accuracy) and how they were grouped."""
     from ._registry import Registry
 
     asm = Registry().load(name)
@@ -161,18 +471,22 @@ def experts_list(name: str, json_out: bool = typer.Option(False, "--json")) -> N
         return
     for c in cards:
         acc = c["metrics"].get("val_accuracy")
-        typer.echo(f"{c['name']:24s} {len(c['labels']):4d} labels  {c['size']:8d} params  val acc {acc if acc is None else f'{acc:.3f}'}  {c['lineage'].get('source')}")
+        labs = list(c["labels"])
+        typer.echo(f"{c['name']:24s} {_n(len(labs), 'label'):>10}  {c['size']:8d} params  "
+                   f"val acc {acc if acc is None else f'{acc:.3f}'}  {c['lineage'].get('source')}  [{_label_preview(labs)}]")
+    typer.echo(_grouping_line(asm.manifest_.get("grouping")))
 
 
 @experts_app.command("add")
 def experts_add(name: str, expert: str = typer.Argument(..., help="name of the new expert"),
                 domain: str = typer.Option(..., help="the dataset domain whose labels it owns"),
                 kind: str = typer.Option("linear", help="linear or mlp"), data_dir: Optional[str] = DataDir,
+                dataset: Optional[str] = DatasetOpt,
                 from_generalist: bool = typer.Option(False, "--from-generalist",
                                                      help="learn only from the generalist's labels of --pool (no labelled data)"),
                 pool: Optional[str] = typer.Option(None, help="unlabelled items for --from-generalist (JSONL or text)"),
                 min_confidence: float = typer.Option(0.9, help="with --from-generalist: keep labels at or above this probability")) -> None:
-    """Train one new expert and refit only the router; the other experts' files stay as they are."""
+    """Train one new expert on a domain of the assembly's data and refit only the router; the other experts' files stay."""
     from ._registry import Registry
     from .experts import HeadExpert
 
@@ -181,36 +495,38 @@ def experts_add(name: str, expert: str = typer.Argument(..., help="name of the n
     if from_generalist:
         from .flywheel import add_from_teacher_main
 
-        add_from_teacher_main(name, expert, domain, pool, min_confidence, None, kind=kind, data_dir=data_dir,
-                              echo=typer.echo)
+        add_from_teacher_main(name, expert, domain, pool, min_confidence, None, kind=kind, dataset=dataset,
+                              data_dir=data_dir, echo=typer.echo)
         return
-    from .flywheel._cli import dataset_for_new_expert
+    from .flywheel._cli import dataset_for_new_expert, labelled_splits
 
     reg = Registry()
     asm = reg.load(name)
-    ds = dataset_for_new_expert(asm, name, expert, domain, data_dir)
-    tr, va = ds.split("train"), ds.split("val")
-    asm.add_expert(HeadExpert(expert, kind=kind, domain=domain), tr.items, tr.labels, va.items, va.labels,
-                   labels=ds.labels_of(domain))
+    ds = dataset_for_new_expert(asm, name, expert, domain, data_dir, dataset)
+    owned = ds.labels_of(domain)
+    tr, va = labelled_splits(asm, ds, [*asm.labels_.tolist(), *owned])
+    asm.add_expert(HeadExpert(expert, kind=kind, domain=domain), tr.items, tr.labels, va.items, va.labels, labels=owned)
     extra = dict(asm.manifest_.get("extra") or {})
     extra["domains"] = sorted(set(extra.get("domains", [])) | {domain})
     v = reg.save(asm, name, note=f"added expert {expert}", extra=extra)
-    typer.echo(f"added expert {expert!r} ({len(ds.labels_of(domain))} labels); saved {name!r} version {v}")
+    typer.echo(f"added expert {expert!r} ({_n(len(owned), 'label')}: {_label_preview(owned)}); saved {name!r} version {v}")
 
 
 @experts_app.command("remove")
-def experts_remove(name: str, expert: str, data_dir: Optional[str] = DataDir) -> None:
-    """Remove one expert and refit the router over the others."""
+def experts_remove(name: str, expert: str, data_dir: Optional[str] = DataDir,
+                   dataset: Optional[str] = DatasetOpt) -> None:
+    """Remove one expert and refit the router over the others (on the data the assembly was built from)."""
     from ._registry import Registry
+    from .flywheel._cli import labelled_splits
 
     reg = Registry()
     asm = reg.load(name)
-    asm.expert(expert)  # an unknown name fails here, before any data is read
-    ds = _dataset_for(asm.manifest_, data_dir)
-    tr, va = ds.split("train"), ds.split("val")
+    gone = asm.expert(expert).labels_.tolist()  # an unknown name fails here, before any data is read
+    ds = _dataset_for(asm.manifest_, data_dir, dataset)
+    tr, va = labelled_splits(asm, ds, [lab for lab in asm.labels_.tolist() if lab not in set(gone)])
     asm.remove_expert(expert, tr.items, tr.labels, va.items, va.labels)
     v = reg.save(asm, name, note=f"removed expert {expert}", extra=asm.manifest_.get("extra"))
-    typer.echo(f"removed expert {expert!r}; saved {name!r} version {v}")
+    typer.echo(f"removed expert {expert!r} ({_n(len(gone), 'label')}); saved {name!r} version {v}")
 
 
 @app.command()
@@ -235,7 +551,7 @@ def distill_cmd(name: str = typer.Argument(..., help="registry name of the assem
                 pool: str = typer.Option(..., help='unlabelled items: JSONL ({"text"|"item"|"items"} per line) or text, one per line'),
                 min_confidence: float = typer.Option(0.9, help="keep the generalist's labels at or above this probability"),
                 data_dir: Optional[str] = DataDir,
-                dataset: Optional[str] = typer.Option(None, help="dataset the experts were trained on (default: the manifest's)"),
+                dataset: Optional[str] = DatasetOpt,
                 version: Optional[int] = typer.Option(None, help="registry version to start from (default: latest)"),
                 tune_budget: bool = typer.Option(False, "--tune-budget", help="lower the escalation budget as far as validation accuracy allows")) -> None:
     """One big -> small distillation round: the generalist labels --pool, the experts learn from it; saves a new version."""
@@ -248,11 +564,12 @@ def distill_cmd(name: str = typer.Argument(..., help="registry name of the assem
 @app.command("fold")
 def fold_cmd(name: str = typer.Argument(..., help="registry name of the assembly"),
              into: Optional[str] = typer.Option(None, "--into", help="registry name of the folded model (default: NAME-folded)"),
-             kind: str = typer.Option("linear", help="linear or mlp head"), data_dir: Optional[str] = DataDir) -> None:
+             kind: str = typer.Option("linear", help="linear or mlp head"), data_dir: Optional[str] = DataDir,
+             dataset: Optional[str] = DatasetOpt) -> None:
     """Small -> big: fold the experts (and the generalist's answers) into one head; saves it as an assembly."""
     from .flywheel import fold_main
 
-    fold_main(name, into, None, kind=kind, data_dir=data_dir, echo=typer.echo)
+    fold_main(name, into, None, kind=kind, dataset=dataset, data_dir=data_dir, echo=typer.echo)
 
 
 @app.command()
@@ -269,7 +586,7 @@ def bench(dataset: str = typer.Argument("clinc150", help="dataset name"),
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one readable line and a non-zero exit on any manyfold error or Ctrl-C."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except ManyfoldError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -282,12 +599,18 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             typer.echo("aborted: nothing was saved (the registry is unchanged)", err=True)
             sys.exit(130)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         raise
+    # typer turns Ctrl-C (and typer.Exit) inside a command into a returned exit code when not standalone
+    if rv == 130:
+        typer.echo("interrupted: nothing was saved (the registry is unchanged)", err=True)
+        sys.exit(130)
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+        sys.exit(rv)
 
 
 if __name__ == "__main__":  # pragma: no cover

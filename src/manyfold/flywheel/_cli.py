@@ -13,7 +13,7 @@ in the manifest's ``extra["flywheel"]``), so round N+1 trains on rounds 1..N.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +54,46 @@ def _registry(registry: Any) -> Any:
     return registry if isinstance(registry, Registry) else Registry(registry)
 
 
-def dataset_for(extra: dict[str, Any], data_dir: str | Path | None = None, dataset: str | None = None) -> Any:
-    """The labelled dataset an assembly was built from: its manifest's ``extra`` unless given (default clinc150)."""
-    from .. import data  # looked up at call time: tests stand a tiny dataset in for load_dataset
+def dataset_for(manifest: Mapping[str, Any], data_dir: str | Path | None = None, dataset: str | None = None, *,
+                option: str = "--dataset") -> Any:
+    """The labelled dataset an assembly was built from.
 
-    return data.load_dataset(dataset or extra.get("dataset", "clinc150"),
-                             data_dir if data_dir is not None else extra.get("data_dir"))
+    ``dataset`` (a built-in name or a file / folder path) overrides; else the
+    manifest's dataset reference (``manifest["dataset"]``) is rebuilt, its files
+    checked against their recorded sha256 (``data_dir`` overrides a built-in's
+    recorded folder). A manifest with no reference is a :class:`ConfigError`
+    that names ``option``: there is no silent default dataset.
+    """
+    from .. import data  # looked up at call time, so tests can stand data in
+
+    if dataset is not None:
+        return data.load_dataset(dataset, data_dir)
+    ref = manifest.get("dataset")
+    if not ref:
+        name, version = manifest.get("name", "?"), manifest.get("version", "?")
+        raise ConfigError(f"assembly {name!r} v{version} does not record the dataset it was built from; "
+                          f"pass {option} (a built-in name or a file or folder path)")
+    return data.load_dataset_ref(ref, data_dir=data_dir)
 
 
-def _labelled_splits(asm: Any, ds: Any) -> tuple[Any, Any]:
-    """The train and validation splits restricted to the assembly's labels and out-of-scope."""
-    keep = list(asm.labels_.tolist()) + [asm.config.oos_label]
-    return tuple(s.take(np.nonzero(np.isin(s.labels, keep))[0]) for s in (ds.split("train"), ds.split("val")))
+def relabelled(split: Any, ds: Any, oos: str) -> Any:
+    """``split`` with the data's out-of-scope label (``ds.oos_label``) written as the assembly's (``oos``)."""
+    from .._build import _relabel_oos
+    from ..data import Split
+
+    return Split(split.items, _relabel_oos(split.labels, ds.oos_label, oos))
+
+
+def labelled_splits(asm: Any, ds: Any, labels: Any = None) -> tuple[Any, Any]:
+    """The train and validation splits of ``ds``, out-of-scope written as the assembly's label, restricted to
+    ``labels`` (default: the assembly's) and out-of-scope."""
+    oos = asm.config.oos_label
+    keep = list(asm.labels_.tolist() if labels is None else labels) + [oos]
+    out = []
+    for name in ("train", "val"):
+        s = relabelled(ds.split(name), ds, oos)
+        out.append(s.take(np.nonzero(np.isin(s.labels, keep))[0]))
+    return out[0], out[1]
 
 
 def dataset_for_new_expert(asm: Any, name: str, expert: str, domain: str, data_dir: str | Path | None = None,
@@ -73,7 +101,10 @@ def dataset_for_new_expert(asm: Any, name: str, expert: str, domain: str, data_d
     """Check that ``expert`` is a new name in assembly ``name`` and ``domain`` a domain of its dataset; the dataset."""
     if expert in asm.expert_names:
         raise ConfigError(f"an expert named {expert!r} is already in {name!r}; remove it first")
-    ds = dataset_for(asm.manifest_.get("extra") or {}, data_dir, dataset)
+    ds = dataset_for(asm.manifest_, data_dir, dataset)
+    if not ds.has_domains:
+        raise ConfigError(f"dataset {ds.name!r} of {name!r} has no domains, so --domain {domain!r} names nothing; "
+                          "a new expert's labels come from a domain of the data (a domain column)")
     if domain not in ds.domains:
         raise ConfigError(f"unknown domain {domain!r}; valid choices: {', '.join(ds.domains)}")
     return ds
@@ -86,8 +117,9 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
 
     ``registry`` is a :class:`~manyfold.Registry`, a root path, or None (the
     default registry). ``dataset`` / ``data_dir`` give the labelled data the
-    experts were trained on (default: the manifest's ``extra["dataset"]`` /
-    ``extra["data_dir"]``, else ``"clinc150"``). The manifest's other
+    experts were trained on (default: the manifest's dataset reference, see
+    :func:`dataset_for`; the data's out-of-scope label is written as the
+    assembly's). The manifest's other
     ``extra`` entries are carried over to the new version. Prints a summary
     through ``echo`` and returns the new version number.
     """
@@ -97,7 +129,7 @@ def distill_main(name: str, pool_path: str | Path, min_confidence: float = 0.9, 
     pool = read_pool(pool_path)
     asm = reg.load(name, version)
     old_extra = dict(asm.manifest_.get("extra") or {})
-    tr, va = _labelled_splits(asm, dataset_for(old_extra, data_dir, dataset))
+    tr, va = labelled_splits(asm, dataset_for(asm.manifest_, data_dir, dataset))
     prior = old_extra.get("flywheel")
     p_items, p_labels = load_pseudo(reg.root, prior)
     echo(f"round on {len(pool)} pool items: the generalist labels them, the experts and the router are refitted ...")
@@ -138,7 +170,7 @@ def add_from_teacher_main(name: str, expert: str, domain: str, pool_path: str | 
     asm = reg.load(name)
     extra = dict(asm.manifest_.get("extra") or {})
     ds = dataset_for_new_expert(asm, name, expert, domain, data_dir, dataset)
-    tr, va = ds.split("train"), ds.split("val")
+    tr, va = (relabelled(ds.split(s), ds, asm.config.oos_label) for s in ("train", "val"))
     echo(f"the generalist labels {len(pool)} pool items; the new expert and the router learn from its confident answers ...")
     info = add_expert_from_teacher(asm, expert, ds.labels_of(domain), pool, tr.items, tr.labels, va.items, va.labels,
                                    min_confidence=min_confidence, kind=kind, domain=domain)
@@ -169,7 +201,8 @@ def fold_main(name: str, into: str | None = None, registry: Any = None, *, kind:
     reg = _registry(registry)
     asm = reg.load(name)
     extra = dict(asm.manifest_.get("extra") or {})
-    tr, va = _labelled_splits(asm, dataset_for(extra, data_dir, dataset))
+    ds = dataset_for(asm.manifest_, data_dir, dataset)
+    tr, va = labelled_splits(asm, ds)
     oos = asm.config.oos_label
     ins = np.flatnonzero(tr.labels != oos)
     ins_va = np.flatnonzero(va.labels != oos)
@@ -178,7 +211,10 @@ def fold_main(name: str, into: str | None = None, registry: Any = None, *, kind:
                 val_items=[va.items[i] for i in ins_va], val_labels=va.labels[ins_va])
     # one expert: the router has nothing to choose; the policy still learns out-of-scope detection
     folded = Assembly(asm.encoder, CentroidRouter(), [head], None, asm.config)
-    folded.fit(tr.items, tr.labels, va.items, va.labels)
+    # the folded model names the data it learnt from, so evaluate / experts / distill find it again
+    source = ds.info.get("source") if isinstance(ds.info.get("source"), dict) else None
+    folded.fit(tr.items, tr.labels, va.items, va.labels,
+               provenance={"dataset": source, "grouping": {"method": f"folded from {name}", "chosen": "given", "n_experts": 1}})
     into = into or f"{name}-folded"
     v = reg.save(folded, into, note=f"{name} v{asm.manifest_['version']} folded into one head",
                  extra={**{k: extra[k] for k in ("dataset", "data_dir") if k in extra},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 from collections import Counter
 from typing import Any
@@ -53,6 +54,7 @@ class Controller:
         self.state: dict[str, Any] = {"state": "idle", "error": None}
         self._lock = asyncio.Lock()
         self._dataset: Any = None
+        self._dataset_key: str | None = None
         self._tasks: set[asyncio.Task] = set()
 
     def registry(self) -> Any:
@@ -112,26 +114,48 @@ class Controller:
 
     # -- expert changes -------------------------------------------------------------
     def dataset(self) -> Any:
-        if self._dataset is None:
-            ds = self.config.dataset
-            if ds is None:
-                raise NoRegistryError("adding or removing experts refits the router on the training data, and this "
-                                      "server has none: start it with ServeConfig.dataset (or reload a saved version)")
-            if isinstance(ds, str):
-                from ..data import load_dataset
+        """The labelled data refits use: ``ServeConfig.dataset``, else the served version's manifest reference.
 
-                ds = load_dataset(ds, self.config.data_dir)
-            self._dataset = ds
+        A reference is rebuilt once per version served (its files checked
+        against their sha256); a missing or changed file is a 409 naming it.
+        """
+        ds = self.config.dataset
+        if ds is not None:
+            if self._dataset is None:
+                if isinstance(ds, str):
+                    from ..data import load_dataset
+
+                    ds = load_dataset(ds, self.config.data_dir)
+                self._dataset = ds
+            return self._dataset
+        ref = (getattr(self.engine.asm, "manifest_", None) or {}).get("dataset")
+        if not ref:
+            raise NoRegistryError("adding or removing experts refits the router on the training data, and this "
+                                  "server has none: start it with ServeConfig.dataset, or serve a registry version "
+                                  "whose manifest names its dataset")
+        key = json.dumps(ref, sort_keys=True, default=str)
+        if self._dataset is None or self._dataset_key != key:
+            from ..data import load_dataset_ref
+
+            try:
+                self._dataset = load_dataset_ref(ref, data_dir=self.config.data_dir)
+            except ManyfoldError as exc:  # a missing or changed data file: the server cannot refit
+                raise NoRegistryError(str(exc)) from exc
+            self._dataset_key = key
         return self._dataset
 
     def _base(self, asm: Any) -> tuple[list[Any], np.ndarray, list[Any], np.ndarray]:
+        from .._build import _relabel_oos
+
         ds = self.dataset()
-        keep = set(asm.labels_.tolist()) | {asm.config.oos_label}
+        oos = asm.config.oos_label
+        keep = set(asm.labels_.tolist()) | {oos}
         out: list[Any] = []
         for split in ("train", "val"):
             s = ds.split(split)
-            idx = np.nonzero(np.isin(s.labels, list(keep)))[0]
-            out += [[s.items[i] for i in idx], s.labels[idx]]
+            labels = _relabel_oos(s.labels, ds.oos_label, oos)  # the data's out-of-scope label as the assembly's
+            idx = np.nonzero(np.isin(labels, list(keep)))[0]
+            out += [[s.items[i] for i in idx], labels[idx]]
         return out[0], out[1], out[2], out[3]
 
     def _save(self, asm: Any, note: str) -> int | None:
