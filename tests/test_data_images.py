@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from manyfold._exceptions import ConfigError, DataError, InputError, ManyfoldError
+from manyfold._exceptions import ConfigError, DataError, DependencyError, InputError, ManyfoldError
 from manyfold.data import (
     DATASETS,
     IMAGE_DATASETS,
@@ -508,8 +510,6 @@ def test_reference_detects_changes(tmp_path):
     (root / "a" / "03.png").unlink()
     with pytest.raises(DataError, match=r"has changed since .*label folder '.*watch/a' has no images"):
         load_dataset_ref(ref)
-    import shutil
-
     shutil.rmtree(root)
     with pytest.raises(DataError, match=r"the image folder '.*watch' this assembly was built from is missing"):
         load_dataset_ref(ref)
@@ -541,3 +541,10 @@ def test_mnist_has_train_val_test_and_domains(data_dir):
     assert ref["kind"] == "builtin" and ref["name"] == "mnist"
     back = load_dataset_ref(ref)
     assert np.array_equal(back.split("val").items, ds.split("val").items)
+
+
+def test_missing_pillow_gives_install_hint(monkeypatch):
+    png = encoded(GRAY, "PNG")
+    monkeypatch.setitem(sys.modules, "PIL", None)  # "from PIL import Image" now fails
+    with pytest.raises(DependencyError, match=r"reading images needs the optional package 'pillow'.*manyfold\[images\]"):
+        read_image(png)
