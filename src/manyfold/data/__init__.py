@@ -9,8 +9,10 @@
 Built-in files are looked up in ``data_dir``, else ``$MANYFOLD_DATA``, else
 ``manyfold_home()/data``; missing ones are downloaded from pinned public
 sources and every file is checked against a pinned checksum. Users' own CSV,
-TSV, JSON Lines and Parquet files (one file, or a folder of split files) load
-by path; every dataset records a reference to rebuild it from.
+TSV, JSON Lines and Parquet files (one file, or a folder of split files) and
+folders of labelled images (``root/label/x.png``) load by path; every dataset
+records a reference to rebuild it from. :func:`read_image` decodes one image
+(a path, bytes or a file object) safely into a uint8 array.
 """
 
 from ._clinc150 import load_clinc150
@@ -18,9 +20,10 @@ from ._dataset import OOS_LABEL, Dataset, Split
 from ._fetch import ENV_VAR as DATA_ENV_VAR
 from ._fetch import default_data_root
 from ._files import read_label_map
+from ._images import IMAGE_EXTENSIONS, IMAGE_MODES, read_image
 from ._mnist import FASHION_MNIST_CLASSES, load_mnist
 from ._refs import dataset_ref
-from ._registry import DATASETS, TEXT_DATASETS, load_dataset, load_dataset_ref
+from ._registry import DATASETS, IMAGE_DATASETS, TEXT_DATASETS, load_dataset, load_dataset_ref
 
 __all__ = [
     "OOS_LABEL",
@@ -32,8 +35,12 @@ __all__ = [
     "load_dataset_ref",
     "dataset_ref",
     "read_label_map",
+    "read_image",
+    "IMAGE_EXTENSIONS",
+    "IMAGE_MODES",
     "DATASETS",
     "TEXT_DATASETS",
+    "IMAGE_DATASETS",
     "FASHION_MNIST_CLASSES",
     "DATA_ENV_VAR",
     "default_data_root",

@@ -123,7 +123,8 @@ class Dataset:
         The label of out-of-scope items (:data:`OOS_LABEL` for CLINC150), or
         ``None`` when the dataset has no out-of-scope items.
     modality:
-        What the items are: ``"text"`` (``list[str]``) or ``"image"`` (uint8 array).
+        What the items are: ``"text"`` (``list[str]``) or ``"image"`` (one uint8
+        ``(n, H, W)`` / ``(n, H, W, 3)`` array, or a list of uint8 arrays when sizes differ).
     info:
         Free-form provenance (license, commit, subset, ...). ``info["source"]``
         is the dataset reference that :func:`~manyfold.data.load_dataset_ref`

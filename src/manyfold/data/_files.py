@@ -28,7 +28,9 @@ import numpy as np
 from .._exceptions import ConfigError, DataError, NotFoundError, missing_dependency
 from ._dataset import Dataset, Split
 
-__all__ = ["FORMATS", "load_files", "load_files_ref", "read_label_map", "not_found"]
+__all__ = [
+    "FORMATS", "ROLES", "load_files", "load_files_ref", "read_label_map", "not_found", "resolve_shares", "split_indices",
+]
 
 #: File extension -> format name.
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -261,7 +263,7 @@ def _share_count(n: int, share: float) -> int:
     return 0 if share == 0 else max(1, math.floor(n * share + 0.5))
 
 
-def _split_indices(labels: list[str], val_share: float, test_share: float, seed: int) -> dict[str, np.ndarray]:
+def split_indices(labels: list[str], val_share: float, test_share: float, seed: int) -> dict[str, np.ndarray]:
     """Seeded, stratified split of row indices into train / val / test.
 
     Each label gets its own stream (``default_rng([seed, crc32(label)])``), so a
@@ -284,6 +286,34 @@ def _split_indices(labels: list[str], val_share: float, test_share: float, seed:
     return {k: np.sort(np.concatenate(v)) if v else np.zeros(0, dtype=np.int64) for k, v in parts.items()}
 
 
+def resolve_shares(
+    files: Mapping[str, Path], val_share: Any, test_share: Any
+) -> tuple[dict[str, float | None], list[str]]:
+    """The val / test shares to split off the training data, and which splits are derived that way.
+
+    ``files`` maps the roles present (``"data"`` for one file holding everything,
+    else ``"train"`` plus optional ``"val"`` / ``"test"``) to where they are. A
+    share given for a split that is already there is an error; a missing one
+    takes the default: 0.1 / 0.2 for ``"data"``, 0.1 / 0 beside a ``"train"``.
+    """
+    shares = {"val": _check_share(val_share, "val_share"), "test": _check_share(test_share, "test_share")}
+    defaults = dict(zip(("val", "test"), _DEFAULT_SHARES["file" if set(files) == {"data"} else "folder"]))
+    for role, share in shares.items():
+        if role in files and share is not None:
+            raise ConfigError(
+                f"{role}_share={share} was given but {str(files[role])!r} already holds the {role} split; drop one"
+            )
+        if role not in files and share is None:
+            shares[role] = defaults[role]
+    derived = [r for r in ("val", "test") if r not in files and shares[r]]
+    if sum(shares[r] or 0.0 for r in derived) >= 1.0:
+        raise ConfigError(
+            f"val_share + test_share must be below 1 (something must stay to train on), got "
+            f"{shares['val']} + {shares['test']}"
+        )
+    return shares, derived
+
+
 # --- files and folders -----------------------------------------------------------------------------
 
 
@@ -301,7 +331,8 @@ def _folder_files(folder: Path) -> tuple[dict[str, Path], str]:
         held = [p.name + ("/" if p.is_dir() else "") for p in entries]
         shown = ", ".join(held[:20]) + (" ..." if len(held) > 20 else "") if held else "nothing"
         raise DataError(
-            f"folder {str(folder)!r} has no train file (train with one of {_extensions()}); it holds: {shown}"
+            f"folder {str(folder)!r} has no train file (train with one of {_extensions()}) and no label "
+            f"subfolders of images; it holds: {shown}"
         )
     for role, files in found.items():
         if len(files) > 1:
@@ -394,22 +425,8 @@ def _build(path: Path, files: dict[str, Path], blobs: dict[str, bytes], fmt: str
            label_col: str | None, domain_col: str | None, oos_label: str | None, val_share: Any, test_share: Any,
            seed: int, name: str | None) -> Dataset:
     _check_options(text_col, label_col, domain_col, oos_label, seed, name)
-    shares = {"val": _check_share(val_share, "val_share"), "test": _check_share(test_share, "test_share")}
     single = set(files) == {"data"}
-    defaults = dict(zip(("val", "test"), _DEFAULT_SHARES["file" if single else "folder"]))
-    for role, share in shares.items():
-        if role in files and share is not None:
-            raise ConfigError(
-                f"{role}_share={share} was given but {str(files[role])!r} already holds the {role} split; drop one"
-            )
-        if role not in files and share is None:
-            shares[role] = defaults[role]
-    derived = [r for r in ("val", "test") if r not in files and shares[r]]
-    if sum(shares[r] or 0.0 for r in derived) >= 1.0:
-        raise ConfigError(
-            f"val_share + test_share must be below 1 (something must stay to train on), got "
-            f"{shares['val']} + {shares['test']}"
-        )
+    shares, derived = resolve_shares(files, val_share, test_share)
 
     # Parse every file; the training file decides the columns, the others must have them.
     main = "data" if single else "train"
@@ -492,7 +509,7 @@ def _build(path: Path, files: dict[str, Path], blobs: dict[str, bytes], fmt: str
             raise DataError(f"label(s) without a domain: {', '.join(missing[:10])}")
 
     # Splits: the files' own, plus val / test split off the training rows.
-    parts = _split_indices(labels[main], shares["val"] or 0.0, shares["test"] or 0.0, seed)
+    parts = split_indices(labels[main], shares["val"] or 0.0, shares["test"] or 0.0, seed)
     main_texts, main_labels = texts[main], np.array(labels[main], dtype=str)
     splits: dict[str, Split] = {}
     for role in ROLES:

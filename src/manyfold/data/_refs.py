@@ -29,7 +29,10 @@ def dataset_ref(ds: Dataset) -> dict[str, Any]:
 
     Built-ins: ``{"kind": "builtin", "name", "data_dir"}`` (plus ``"options"`` such
     as a non-default CLINC150 variant); files: ``{"kind": "files", "path", "files",
-    "format", "columns", "oos_label", "split", "name"}``. A subset adds
+    "format", "columns", "oos_label", "split", "name"}``; image folders:
+    ``{"kind": "images", "path", "listing", "mode", "size", "oos_label", "split",
+    "name"}`` (``listing`` holds the sha256 of every image's relative path, size
+    and sha256, and their count and total bytes). A subset adds
     ``"subsets"``. A dataset built by hand has none: :class:`ConfigError`.
     """
     if not isinstance(ds, Dataset):
