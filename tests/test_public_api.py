@@ -6,7 +6,7 @@ import manyfold
 from manyfold import _exceptions as E
 
 EXPECTED = {
-    "__version__", "Assembly", "AssemblyConfig", "Prediction", "assemble", "evaluate", "Registry",
+    "__version__", "Assembly", "AssemblyConfig", "EscalationPolicy", "Prediction", "assemble", "evaluate", "Registry",
     "get_encoder", "HeadExpert", "LinearExpert", "MLPExpert", "LinearRouter", "CentroidRouter", "KNNRouter",
     "HeadGeneralist", "OpenAIGeneralist", "Dataset", "Split", "load_dataset", "OOS_LABEL",
     "ManyfoldError", "ConfigError", "InputError", "NotFittedError", "NotFoundError", "AssemblyNotFoundError",

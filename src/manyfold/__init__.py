@@ -29,6 +29,7 @@ from ._exceptions import (
     NotFittedError,
     NotFoundError,
 )
+from ._policy import EscalationPolicy
 from ._prediction import Prediction
 from ._registry import Registry
 from .data import OOS_LABEL, Dataset, Split, load_dataset
@@ -44,6 +45,7 @@ __all__ = [
     # building and using
     "Assembly",
     "AssemblyConfig",
+    "EscalationPolicy",
     "Prediction",
     "assemble",
     "evaluate",
