@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _data import missing
 
 DATA = Path(os.environ.get("MANYFOLD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -13,7 +14,7 @@ DATA = Path(os.environ.get("MANYFOLD_TEST_DATA", Path(__file__).resolve().parent
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA / "clinc150" / "data_full.json").is_file():
-        pytest.skip(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
+        missing(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
     return DATA
 
 

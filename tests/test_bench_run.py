@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _data import missing
 
 from manyfold.bench import BenchConfig, bench_main
 
@@ -15,7 +16,7 @@ SHARED = Path(os.environ.get("MANYFOLD_TEST_DATA") or Path(__file__).parents[1].
 
 def test_mini_bench_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not (SHARED / "clinc150").is_dir():
-        pytest.skip(f"no CLINC150 copy under {SHARED}")
+        missing(f"no CLINC150 copy under {SHARED}")
     monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path / "home"))
     cfg = BenchConfig(small="hashing:dim=64", big="hashing:dim=128", generalist="concat:hashing:dim=96+hashing:dim=32,seed=1",
                       subset=3, data_sizes=(2,), scaling_sizes=(10, 30), n_single=5, batch=8, repeats=3,

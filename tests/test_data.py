@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import missing
 
 from manyfold._exceptions import ConfigError, DataError, NotFoundError
 from manyfold.data import (
@@ -39,14 +40,14 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 def shared_data() -> Path:
     """The directory holding clinc150/, mnist/, fashion-mnist/; skip if it is not there."""
     if not (SHARED / "clinc150" / "data_full.json").is_file():
-        pytest.skip(f"local dataset copies not found in {SHARED} (set MANYFOLD_TEST_DATA to the dir holding clinc150/)")
+        missing(f"local dataset copies not found in {SHARED} (set MANYFOLD_TEST_DATA to the dir holding clinc150/)")
     return SHARED
 
 
 def _need(shared: Path, folder: str) -> Path:
     d = shared / folder
     if not d.is_dir():
-        pytest.skip(f"{d} not found")
+        missing(f"{d} not found")
     return d
 
 

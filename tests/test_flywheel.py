@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _data import missing
 
 import manyfold
 from manyfold._exceptions import ConfigError, DataError
@@ -43,7 +44,7 @@ def _home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ds():
     if not (SHARED / "clinc150").is_dir():
-        pytest.skip(f"no CLINC150 copy under {SHARED}")
+        missing(f"no CLINC150 copy under {SHARED}")
     return manyfold.load_dataset("clinc150", SHARED).subset(5, seed=0)
 
 

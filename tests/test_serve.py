@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _data import missing
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -41,7 +42,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ds(home: Path):
     if not (Path(DATA) / "clinc150").is_dir():
-        pytest.skip(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
+        missing(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
     return manyfold.load_dataset("clinc150", DATA).subset(5, seed=0)
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _data import missing
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -39,7 +40,7 @@ def test_ray_serve_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     if not (Path(DATA) / "clinc150").is_dir():
         if REQUIRED:
             pytest.fail(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
-        pytest.skip(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
+        missing(f"CLINC150 not found under {DATA} (set MANYFOLD_TEST_DATA)")
     monkeypatch.setenv("MANYFOLD_HOME", str(tmp_path))
     ds = manyfold.load_dataset("clinc150", DATA).subset(3, seed=0)
     asm = manyfold.assemble(ds, encoder="hashing", generalist="hashing:dim=2048", domains=ds.domains[:3])
