@@ -35,19 +35,26 @@ class Router(BaseEstimator):
     (a mixture-of-experts gate that knows what each expert knows). Scores are
     calibrated with a temperature fitted on a validation split.
 
-    Subclasses implement ``_fit_labels(X, yi)`` and ``_label_scores(X)``
-    (logits over ``labels_``).
+    Subclasses implement ``_fit_labels(X, yi, sample_weight)`` and
+    ``_label_scores(X)`` (logits over ``labels_``). ``sample_weight`` lets a
+    router learn from weighted prototypes (routing summaries of experts whose
+    training data stayed with their owners) instead of items.
 
     After ``fit``: ``experts_`` (names, column order of ``predict_proba``),
     ``labels_``, ``label_expert_`` (index of each label's expert),
     ``temperature_``, ``n_features_in_``.
     """
 
-    def fit(self, X: Any, y: Any, label_to_expert: dict[str, str], *, X_val: Any = None, y_val: Any = None) -> Router:
+    def fit(self, X: Any, y: Any, label_to_expert: dict[str, str], *, X_val: Any = None, y_val: Any = None,
+            sample_weight: Any = None) -> Router:
         X = check_features(X)
         y = np.asarray(y).astype(str)
         if len(y) != len(X):
             raise ConfigError(f"X has {len(X)} rows but y has {len(y)} labels")
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, np.float32).reshape(-1)
+            if len(sample_weight) != len(X) or not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
+                raise ConfigError(f"sample_weight must be {len(X)} finite non-negative numbers")
         missing = sorted(set(y.tolist()) - set(label_to_expert))
         if missing:
             raise ConfigError(f"labels {missing[:5]} have no expert in label_to_expert")
@@ -58,7 +65,7 @@ class Router(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         lidx = {lab: i for i, lab in enumerate(self.labels_.tolist())}
         self.temperature_ = 1.0
-        self._fit_labels(X, np.array([lidx[v] for v in y.tolist()], dtype=np.int64))
+        self._fit_labels(X, np.array([lidx[v] for v in y.tolist()], dtype=np.int64), sample_weight)
         if X_val is not None and y_val is not None:
             self.calibrate(X_val, y_val)
         return self
@@ -136,7 +143,7 @@ class Router(BaseEstimator):
         return est
 
     # subclass hooks
-    def _fit_labels(self, X: np.ndarray, yi: np.ndarray) -> None:  # pragma: no cover - abstract
+    def _fit_labels(self, X: np.ndarray, yi: np.ndarray, sample_weight: np.ndarray | None) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def _label_scores(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract

@@ -37,15 +37,16 @@ class LinearRouter(Router):
         self.warm_start = warm_start
         self.warm_max_iter = warm_max_iter
 
-    def fit(self, X: Any, y: Any, label_to_expert: dict[str, str], *, X_val: Any = None, y_val: Any = None) -> "LinearRouter":
+    def fit(self, X: Any, y: Any, label_to_expert: dict[str, str], *, X_val: Any = None, y_val: Any = None,
+            sample_weight: Any = None) -> "LinearRouter":
         self._previous = (self.labels_, self.params_) if self.warm_start and hasattr(self, "params_") else None
         try:
-            super().fit(X, y, label_to_expert, X_val=X_val, y_val=y_val)
+            super().fit(X, y, label_to_expert, X_val=X_val, y_val=y_val, sample_weight=sample_weight)
         finally:
             del self._previous
         return self
 
-    def _fit_labels(self, X: np.ndarray, yi: np.ndarray) -> None:
+    def _fit_labels(self, X: np.ndarray, yi: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         init = None
         if self._previous is not None and self._previous[1]["W"].shape[0] == X.shape[1]:
             old_labels, old = self._previous
@@ -57,7 +58,7 @@ class LinearRouter(Router):
             init["b"][known] = old["b"][cols[known]]
         iters = self.max_iter if init is None else min(self.max_iter, self.warm_max_iter)
         spec = HeadSpec("linear", l2=self.l2, max_iter=iters, seed=self.seed)
-        self.params_ = train_head(X, yi, len(self.labels_), spec, init=init)
+        self.params_ = train_head(X, yi, len(self.labels_), spec, init=init, sample_weight=sample_weight)
 
     def _label_scores(self, X: np.ndarray) -> np.ndarray:
         return head_logits(self.params_, X)
@@ -80,11 +81,12 @@ class CentroidRouter(Router):
     def __init__(self, *, scale: float = 20.0) -> None:
         self.scale = scale
 
-    def _fit_labels(self, X: np.ndarray, yi: np.ndarray) -> None:
+    def _fit_labels(self, X: np.ndarray, yi: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         if self.scale <= 0:
             raise ConfigError(f"scale must be > 0, got {self.scale!r}")
         c = np.zeros((len(self.labels_), X.shape[1]), np.float32)
-        np.add.at(c, yi, _normalise(X))
+        w = np.ones(len(X), np.float32) if sample_weight is None else sample_weight
+        np.add.at(c, yi, _normalise(X) * w[:, None])
         self.centroids_ = _normalise(c).astype(np.float32)
         self._scan = None
 
@@ -114,7 +116,8 @@ class KNNRouter(Router):
         self.k = k
         self.smoothing = smoothing
 
-    def _fit_labels(self, X: np.ndarray, yi: np.ndarray) -> None:
+    def _fit_labels(self, X: np.ndarray, yi: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
+        # prototypes (routing summaries) are remembered like items; their weights do not change the vote
         if not isinstance(self.k, int) or self.k < 1:
             raise ConfigError(f"k must be a positive integer, got {self.k!r}")
         self.memory_ = _normalise(X).astype(np.float32)
