@@ -302,6 +302,46 @@ class Assembly:
         return self._change_experts([*self.experts, expert], {lab: expert.name for lab in owned},
                                (train_items, train_labels, val_items, val_labels), show_progress)
 
+    def install(self, package: Any, val_items: Sequence[Any], val_labels: Any, *, train_items: Sequence[Any] = (),
+                train_labels: Any = (), show_progress: bool = False) -> "Assembly":
+        """Plug in an expert that came as a verified package (:func:`manyfold.packages.read_package`).
+
+        Nothing of its training data is needed: the router is refitted from
+        every expert's routing summary (experts trained here are summarised
+        from ``train_items`` / ``train_labels`` the first time, then the summary
+        is kept), the policy on the validation items. The other experts stay as
+        they are. The same package twice, an expert name or a label already in
+        the assembly, another routing encoder or modality: a clear error, and
+        the assembly is unchanged.
+        """
+        from .packages import check_collisions
+
+        if package.encoder_id != getattr(self.encoder, "id", None):
+            raise ConfigError(f"package {package.name!r} was trained against encoder {package.encoder_id!r}; "
+                              f"this assembly routes with {getattr(self.encoder, 'id', None)!r}")
+        mine = getattr(self.encoder, "modality", None)
+        if mine is not None and package.modality != mine:
+            raise ConfigError(f"package {package.name!r} holds a {package.modality} expert; this assembly takes {mine}")
+        if package.name in self.expert_names:
+            same = package.expert is self.expert(package.name) or (
+                getattr(self.expert(package.name), "labels_", None) is not None
+                and list(self.expert(package.name).labels_) == list(package.labels))
+            raise ConfigError(f"an expert named {package.name!r} is already in this assembly"
+                              f"{' (this package is installed already)' if same else ''}; nothing changed "
+                              "(remove it first to replace it)")
+        check_collisions(package, labels=self.labels_.tolist(), expert_names=self.expert_names)
+        old = getattr(self, "summaries_", None)
+        self.summaries_ = {**(old or {}), package.name: package.summary}
+        try:
+            return self._change_experts([*self.experts, package.expert], {},
+                                        (train_items, train_labels, val_items, val_labels), show_progress)
+        except BaseException:
+            if old is None:
+                del self.summaries_
+            else:
+                self.summaries_ = old
+            raise
+
     def replace_expert(self, name: str, expert: Any, train_items: Sequence[Any], train_labels: Any,
                        val_items: Sequence[Any], val_labels: Any, *, show_progress: bool = False) -> "Assembly":
         """Swap expert ``name`` for ``expert`` (fitted here on the old one's labels if unfitted)."""

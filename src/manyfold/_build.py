@@ -17,7 +17,7 @@ from .experts import HeadExpert
 from .generalists import HeadGeneralist
 from .routers import ROUTERS
 
-__all__ = ["assemble", "evaluate", "DEFAULT_ENCODER", "DEFAULT_GENERALIST_ENCODER", "DEFAULTS", "EXPERT_KINDS"]
+__all__ = ["assemble", "assemble_from_packages", "evaluate", "DEFAULT_ENCODER", "DEFAULT_GENERALIST_ENCODER", "DEFAULTS", "EXPERT_KINDS"]
 
 DEFAULT_ENCODER = "minilm"
 #: per modality: the routing (small) encoder, the generalist's encoder, the experts' kind
@@ -199,6 +199,50 @@ def assemble(
     source = dataset.info.get("source") if isinstance(getattr(dataset, "info", None), dict) else None
     asm.fit(tr_items, y_tr, va_items, y_va, label_to_expert=label_to_expert, show_progress=show_progress,
             provenance={"dataset": source, "grouping": grouping})
+    asm.fit_seconds_ = time.perf_counter() - t0
+    return asm
+
+
+def assemble_from_packages(packages: Sequence[Any], val_items: Sequence[Any], val_labels: Any, *, router: str = "linear",
+                           config: AssemblyConfig = AssemblyConfig(), oos_label: str | None = None,
+                           cache: EmbeddingCache | None | bool = True, provenance: dict[str, Any] | None = None,
+                           show_progress: bool = False) -> Assembly:
+    """A federated assembly: experts that came as packages, a router learnt from their routing summaries,
+    and the escalation policy calibrated on the assembler's own validation items (no generalist).
+
+    The experts' owners share nothing but their packages; ``val_items`` /
+    ``val_labels`` (the data's out-of-scope label ``oos_label`` mapped to the
+    assembly's) are all the assembler holds.
+    """
+    from .packages import check_collisions
+
+    if not packages:
+        raise ConfigError("give at least one expert package")
+    if router not in ROUTERS:
+        raise ConfigError(f"unknown router {router!r}; valid choices: {', '.join(ROUTERS)}")
+    first = packages[0]
+    for p in packages[1:]:
+        if p.encoder_id != first.encoder_id or p.modality != first.modality:
+            raise ConfigError(f"packages {first.name!r} and {p.name!r} were trained against different routing encoders "
+                              f"or modalities ({first.encoder_id!r} / {p.encoder_id!r}); an assembly routes with one")
+    seen_labels: list[str] = []
+    for i, p in enumerate(packages):
+        check_collisions(p, labels=seen_labels, expert_names=[q.name for q in packages[:i]])
+        seen_labels += list(p.labels)
+    store = EmbeddingCache() if cache is True else (cache or None)
+    enc = _encoder(first.meta["encoder"]["spec"], store)
+    if enc.id != first.encoder_id:
+        raise ConfigError(f"the encoder spec {first.meta['encoder']['spec']!r} of package {first.name!r} builds "
+                          f"{enc.id!r} here, not {first.encoder_id!r}: another version of the model")
+    y_va = _relabel_oos(val_labels, oos_label, config.oos_label)
+    _check_split_items(enc, list(val_items), "val", "the assembler's validation data")
+    asm = Assembly(enc, ROUTERS[router](warm_start=True) if router == "linear" else ROUTERS[router](),
+                   [p.expert for p in packages], None, config)
+    asm.summaries_ = {p.name: p.summary for p in packages}
+    grouping = {"method": "expert packages", "chosen": "given", "n_experts": len(packages)}
+    t0 = time.perf_counter()
+    asm.fit([], np.zeros(0, str), list(val_items), y_va, show_progress=show_progress,
+            provenance={"grouping": grouping, **(provenance or {})})
     asm.fit_seconds_ = time.perf_counter() - t0
     return asm
 

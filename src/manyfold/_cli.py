@@ -201,8 +201,9 @@ def demo(data_dir: Optional[str] = DataDir, name: str = typer.Option("clinc150",
 
 @app.command("assemble")
 def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
-                                             help="clinc150, or a labelled file (.csv .tsv .jsonl .parquet) or a folder "
-                                                  "of split files (train.csv, val.csv, test.csv)"),
+                                             help="clinc150, mnist, fashion-mnist, or a labelled file (.csv .tsv .jsonl "
+                                                  ".parquet), a folder of split files (train.csv, val.csv, test.csv), or "
+                                                  "a folder of images (root/label/*.png, or root/domain/label/...)"),
                  name: Optional[str] = typer.Option(None, help="registry name (default: the dataset's name, e.g. "
                                                                 "support for examples/support.csv)"),
                  text_col: Optional[str] = typer.Option(None, "--text-col", help="column of the texts (default: the "
@@ -223,7 +224,15 @@ def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
                  expert_map: Optional[str] = typer.Option(None, "--expert-map", help="label -> expert file: JSON "
                                                           "{\"label\": \"expert\"} or CSV with columns label,expert"),
                  data_dir: Optional[str] = DataDir,
-                 encoder: str = typer.Option("minilm", help="encoder spec of the experts"),
+                 image_mode: str = typer.Option("auto", "--image-mode", help="images: auto (gray stays gray, else RGB), "
+                                                "L (gray) or RGB"),
+                 image_size: Optional[int] = typer.Option(None, "--image-size", help="images: resize every image to "
+                                                          "this many pixels square (default: as they are)"),
+                 encoder: str = typer.Option("default", help="routing encoder spec (default: minilm for text, pixels "
+                                             "for images)"),
+                 expert_kind: str = typer.Option("default", "--expert-kind", help="linear, mlp (heads on the routing "
+                                                 "encoder) or cnn (images: a CNN trained from scratch); default: "
+                                                 "linear for text, cnn for images"),
                  generalist: Optional[str] = typer.Option(None, help="encoder spec of the generalist, or 'none'"),
                  router: str = typer.Option("linear", help="linear, centroid or knn"),
                  domains: Optional[str] = typer.Option(None, help="comma-separated domains to build experts for"),
@@ -247,17 +256,15 @@ def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
     from ._config import AssemblyConfig
     from ._demo import pick_generalist_encoder
     from ._registry import Registry
-    from .data import DATASETS, TEXT_DATASETS, load_dataset, read_label_map
+    from .data import DATASETS, load_dataset, read_label_map
+    from .data._images import is_image_folder
     from .data._files import FORMATS, not_found
     from .experts import check_name
 
     # -- everything cheap first: a mistake costs no model load and writes nothing -------------------
-    if source in DATASETS and source not in TEXT_DATASETS:
-        raise ConfigError(f"{source!r} is not a text dataset; valid built-in datasets: {', '.join(TEXT_DATASETS)}; "
-                          f"or give a labelled file ({', '.join(FORMATS)}) or a folder path")
-    builtin = source in TEXT_DATASETS
+    builtin = source in DATASETS
     if not builtin and not Path(source).expanduser().exists():
-        raise not_found("dataset", source, f"unknown dataset {source!r}: not a built-in ({', '.join(TEXT_DATASETS)}) and "
+        raise not_found("dataset", source, f"unknown dataset {source!r}: not a built-in ({', '.join(DATASETS)}) and "
                                            f"no such file or folder; give a labelled file ({', '.join(FORMATS)}) or a folder")
     given = {"--text-col": text_col, "--label-col": label_col, "--domain-col": domain_col, "--val-share": val_share,
              "--test-share": test_share, "--oos-label": None if oos_label == "auto" else oos_label,
@@ -273,21 +280,24 @@ def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
     mapping = read_label_map(expert_map) if expert_map is not None else None
     if mapping is not None and experts is not None:
         raise ConfigError("--experts and --expert-map both say how to group the labels; give one")
-    gen_spec = None
-    if generalist != "none":
-        gen_spec, note = pick_generalist_encoder(generalist)
-        if note:
-            typer.echo(f"note: {note}", err=True)
     if builtin:
         ds = load_dataset(source, data_dir)
+    elif is_image_folder(Path(source).expanduser()):
+        ds = load_dataset(source, oos_label=None if oos_label == "none" else oos_label, val_share=val_share,
+                          test_share=test_share, seed=seed, mode=image_mode, size=image_size)
     else:
         ds = load_dataset(source, text_col=text_col, label_col=label_col, domain_col=domain_col,
                           oos_label=None if oos_label == "none" else oos_label, val_share=val_share,
                           test_share=test_share, seed=seed)
+    gen_spec = None
+    if generalist != "none":
+        gen_spec, note = pick_generalist_encoder(generalist, modality=ds.modality)
+        if note:
+            typer.echo(f"note: {note}", err=True)
     name = name or _assembly_name(ds.name)
     check_name(name, "assembly")
     chosen = _option_list(domains)
-    asm = assemble(ds, encoder=encoder, generalist=gen_spec, router=router, domains=chosen,
+    asm = assemble(ds, encoder=encoder, generalist=gen_spec, router=router, domains=chosen, expert_kind=expert_kind,
                    generalist_domains=generalist_domains, n_experts=experts, expert_map=mapping, config=config,
                    show_progress=True)
     # -- the one write, last ----------------------------------------------------------------------

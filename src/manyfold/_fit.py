@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._exceptions import ConfigError
-from ._features import label_centroids
+from ._features import label_centroids, normalise_rows
 from ._assembly import take_items
 from ._policy import MIN_OOS_PROBA, NEVER, EscalationPolicy, PoolSignals
 
@@ -36,7 +36,8 @@ def fit_assembly(asm: Any, train_items: Sequence[Any], train_labels: Any, val_it
     y_va = np.asarray(val_labels).astype(str)
     if len(y_tr) != len(train_items) or len(y_va) != len(val_items):
         raise ConfigError("items and labels differ in length")
-    X_tr = _encode(asm.encoder, train_items, show_progress)
+    X_tr = (_encode(asm.encoder, train_items, show_progress) if len(train_items)
+            else np.zeros((0, asm.encoder.dim), np.float32))  # every expert routes from a summary: no training items
     X_va = _encode(asm.encoder, val_items, show_progress)
     ins_tr = y_tr != oos
     for e in asm.experts:
@@ -72,12 +73,22 @@ def refit_router(asm: Any, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_va
     the generalist is simulated too).
     """
     l2e = {lab: e.name for e in asm.experts for lab in e.labels_.tolist()}
-    keep = np.array([v in l2e for v in y.tolist()])
-    keep_va = np.array([v in l2e for v in y_val.tolist()])
-    asm.router.fit(X[keep], y[keep], l2e, X_val=X_val[keep_va], y_val=y_val[keep_va])
-    asm._layout()
-    index = {lab: i for i, lab in enumerate(asm.labels_.tolist())}
-    centroids = label_centroids(X[keep], np.array([index[v] for v in y[keep].tolist()]), len(asm.labels_))
+    keep = np.array([v in l2e for v in y.tolist()], dtype=bool)
+    keep_va = np.array([v in l2e for v in y_val.tolist()], dtype=bool)
+    if getattr(asm, "summaries_", None):
+        Xr, yr, wr = _summary_training_set(asm, X[keep], y[keep])
+        asm.router.fit(Xr, yr, l2e, X_val=X_val[keep_va], y_val=y_val[keep_va], sample_weight=wr)
+        asm._layout()
+        index = {lab: i for i, lab in enumerate(asm.labels_.tolist())}
+        c = np.zeros((len(asm.labels_), Xr.shape[1]), np.float32)  # each label's weighted mean of unit prototypes
+        np.add.at(c, np.array([index[v] for v in yr.tolist()]), normalise_rows(Xr) * wr[:, None])
+        centroids = normalise_rows(c).astype(np.float32)
+        X, y, keep, train_items = Xr, yr, np.ones(len(yr), bool), None  # unknowns are simulated on prototypes
+    else:
+        asm.router.fit(X[keep], y[keep], l2e, X_val=X_val[keep_va], y_val=y_val[keep_va])
+        asm._layout()
+        index = {lab: i for i, lab in enumerate(asm.labels_.tolist())}
+        centroids = label_centroids(X[keep], np.array([index[v] for v in y[keep].tolist()]), len(asm.labels_))
     # the calibration pool: in-scope validation items of known labels + every out-of-scope item
     oos = asm.config.oos_label
     is_oos_va = y_val == oos
@@ -89,6 +100,32 @@ def refit_router(asm: Any, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_va
         tr_items = [train_items[i] for i in np.nonzero(keep)[0]] if train_items is not None else None
         train = (X[keep], y[keep], tr_items)
     calibrate_assembly(asm, pool_X, pool_items, pool_y, centroids=centroids, train=train)
+
+
+def _summary_training_set(asm: Any, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The router's training set once any expert came as a package: every expert's routing summary.
+
+    A packaged expert brings its summary; an expert trained here is summarised
+    from its training items ``X``, ``y`` (once: the summary is kept with the
+    assembly, so later refits need no training data). Summaries of experts no
+    longer in the assembly are dropped.
+    """
+    from .packages import summarize
+
+    names = {e.name for e in asm.experts}
+    summaries = {k: v for k, v in asm.summaries_.items() if k in names}
+    for e in asm.experts:
+        if e.name in summaries:
+            continue
+        mine = np.isin(y, e.labels_)
+        if not mine.any():
+            raise ConfigError(f"expert {e.name!r} has no routing summary and no training items to make one from; "
+                              "give the training data of its labels")
+        summaries[e.name] = summarize(X[mine], y[mine])
+    asm.summaries_ = summaries
+    parts = [s.as_training_set() for s in summaries.values()]
+    return (np.concatenate([p[0] for p in parts]).astype(np.float32), np.concatenate([p[1] for p in parts]).astype(str),
+            np.concatenate([p[2] for p in parts]).astype(np.float32))
 
 
 def _policy_template(asm: Any) -> Any:

@@ -113,6 +113,20 @@ class Registry:
             raise ArtifactError(f"cannot rebuild {config.get('type')} from {str(path)!r}: {exc}") from exc
 
     # -- assemblies ------------------------------------------------------------------
+    def _get_summary(self, entry: dict[str, Any]) -> Any:
+        """A routing summary object (checksummed like every object; data only, no type lookup)."""
+        from .packages import RoutingSummary
+
+        path = self.root / "objects" / entry["ref"]
+        for f, digest in entry["sha256"].items():
+            if not (path / f).is_file() or sha256_file(path / f) != digest:
+                raise ArtifactError(f"artifact {str(path / f)!r} is missing, corrupted or truncated")
+        config = read_json(path / "state.json")
+        try:
+            return RoutingSummary.from_arrays(config["meta"], load_arrays(path / "arrays.safetensors"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"cannot rebuild a routing summary from {str(path)!r}: {exc}") from exc
+
     def _dir(self, name: str) -> Path:
         return self.root / "assemblies" / check_name(name, "assembly")
 
@@ -168,6 +182,10 @@ class Registry:
         if asm.generalist is not None:
             gen = {"type": type(asm.generalist).__name__, **self._put("generalist", asm.generalist.to_state())}
         policy = self._put("policy", asm.policy_.to_state())
+        summaries = {}
+        for ename, s in (getattr(asm, "summaries_", None) or {}).items():
+            meta, arrays = s.to_arrays()
+            summaries[ename] = self._put("summary", ({"type": "RoutingSummary", "meta": meta}, arrays))
         prov = getattr(asm, "provenance_", None) or {}
         versions = self.versions(name)
         version = (versions[-1] + 1) if versions else 1
@@ -177,7 +195,8 @@ class Registry:
             "config": asm.config.to_dict(),
             "encoder": {"spec": asm.encoder.spec, "id": asm.encoder.id},
             "experts": experts, "router": router, "generalist": gen, "policy": policy,
-            "dataset": prov.get("dataset"), "grouping": prov.get("grouping"),
+            "dataset": prov.get("dataset"), "grouping": prov.get("grouping"), "summaries": summaries,
+            "packages": prov.get("packages") or {},
             "calibration": asm.calibration_, "extra": extra or {},
         }
         atomic_write_json(d / f"v{version:04d}.json", manifest)
@@ -202,7 +221,9 @@ class Registry:
         asm = Assembly(enc, router, experts, gen, AssemblyConfig.from_dict(m["config"]))
         asm.policy_ = self._get(m["policy"])
         asm._layout()
-        asm.provenance_ = {"dataset": m.get("dataset"), "grouping": m.get("grouping")}
+        asm.provenance_ = {"dataset": m.get("dataset"), "grouping": m.get("grouping"), "packages": m.get("packages") or {}}
+        if m.get("summaries"):
+            asm.summaries_ = {ename: self._get_summary(entry) for ename, entry in m["summaries"].items()}
         asm.manifest_ = m
         return asm
 
@@ -220,6 +241,7 @@ class Registry:
                 m = read_json(self._dir(name) / f"v{v:04d}.json")
                 used.update(e["ref"] for e in m["experts"])
                 used.update(x["ref"] for x in (m["router"], m["policy"], m.get("generalist")) if x)
+                used.update(x["ref"] for x in (m.get("summaries") or {}).values())
         base = self.root / "objects"
         gone = 0
         for p in base.iterdir() if base.is_dir() else []:
