@@ -197,15 +197,29 @@ def test_multipart_one_and_several_files(asm, files):
         assert 'manyfold_http_requests_total{endpoint="/v1/predict",method="POST",status="200"} 2.0' in m
 
 
-def test_openapi_declares_json_and_multipart(asm):
-    with client(asm) as c:
-        spec = c.get("/openapi.json").json()
-    for path in ("/v1/predict", "/v1/route"):
-        content = spec["paths"][path]["post"]["requestBody"]["content"]
-        assert set(content) == {"application/json", "multipart/form-data"}
-        refs = json.dumps(content["application/json"]["schema"])
-        assert "ImagePredictRequest" in refs or "ImageRouteRequest" in refs
-        assert content["multipart/form-data"]["schema"]["properties"]["files"]["items"]["format"] == "binary"
+def test_openapi_describes_what_the_assembly_takes(asm, text_asm):
+    """Image assembly: the image JSON body and the upload; text assembly: the text bodies alone; none yet: both."""
+    def bodies(app) -> dict[str, dict]:
+        spec = TestClient(app).get("/openapi.json").json()
+        return {p: spec["paths"][p]["post"]["requestBody"]["content"] for p in ("/v1/predict", "/v1/route")}, \
+            set(spec["components"]["schemas"])
+
+    for a, json_model, media in ((asm, "Image{}Request", {"application/json", "multipart/form-data"}),
+                                 (text_asm, "{}Request", {"application/json"})):
+        content, models = bodies(create_app(ServeConfig(assembly=a)))
+        for path, op in (("/v1/predict", "Predict"), ("/v1/route", "Route")):
+            assert set(content[path]) == media
+            assert content[path]["application/json"]["schema"] == {
+                "$ref": f"#/components/schemas/{json_model.format(op)}"}
+        assert ("ImagePredictRequest" in models) == (a is asm) and ("PredictRequest" in models) == (a is text_asm)
+    app = create_app(ServeConfig(assembly="not-loaded-yet"))  # no lifespan ran: nothing serves yet
+    content, models = bodies(app)
+    refs = json.dumps(content["/v1/predict"]["application/json"]["schema"])
+    assert "ImagePredictRequest" in refs and "#/components/schemas/PredictRequest" in refs
+    assert content["/v1/predict"]["multipart/form-data"]["schema"]["properties"]["files"]["items"]["format"] == "binary"
+    c = TestClient(app)
+    assert c.post("/v1/predict", json={"image": "aGk="}).status_code == 503
+    assert c.post("/v1/predict", json={"item": "hi"}).status_code == 503
 
 
 # -- refusals: 413 over a limit, 415 not an image type, 422 not an image / wrong kind -------------------------
@@ -269,12 +283,32 @@ def test_over_a_limit_is_413_before_decoding(asm, files, monkeypatch):
         refused(c.post("/v1/predict", json={"images": [top] * 30}), 413, "body", "max_image_body_bytes")
 
 
-def test_non_image_content_types_are_415(asm, files):
+def test_non_image_content_types_are_415(asm, files, monkeypatch):
     with client(asm) as c:
         up = [("files", ("a.png", files["top"], "image/png")), ("files", ("notes.txt", b"hello", "text/plain"))]
         refused(c.post("/v1/predict", files=up), 415, "files.1", "'notes.txt'", "text/plain")
         refused(c.post("/v1/predict", content=files["top"], headers={"content-type": "image/png"}), 415, "body",
                 "multipart")
+        refused(c.post("/v1/predict", data={"image": b64(files["top"])}), 415, "body",  # curl -d without a JSON header
+                "application/x-www-form-urlencoded")
+        from starlette import formparsers
+
+        monkeypatch.setattr(formparsers, "multipart", None)  # a server without python-multipart
+        refused(c.post("/v1/predict", files={"file": ("a.png", files["top"], "image/png")}), 415, "body",
+                "python-multipart", "send JSON")
+
+
+def test_a_server_without_pillow_says_so(asm, files, monkeypatch):
+    from manyfold._exceptions import missing_dependency
+    from manyfold.data import _images
+
+    def no_pillow():
+        raise missing_dependency("pillow", "images", "reading images")
+
+    monkeypatch.setattr(_images, "_pil", no_pillow)
+    with client(asm) as c:
+        r = c.post("/v1/predict", json={"image": b64(files["top"])})
+        assert r.status_code == 501 and "manyfold[images]" in r.json()["message"], r.text
 
 
 def test_the_wrong_kind_of_item_says_what_the_assembly_takes(asm, text_asm, files):

@@ -16,6 +16,7 @@ types (the multipart one through ``openapi_extra``).
 """
 
 import asyncio
+import copy
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 
-from .._exceptions import ConfigError, InputError, NotFoundError
+from .._exceptions import ConfigError, DependencyError, InputError, NotFoundError
 from .._validation import check_items
 from ..routers import top_k
 from ._admin import BusyError, Controller, NoRegistryError
@@ -63,6 +64,27 @@ def _upload_schema(option: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"content": {"multipart/form-data": {"schema": {
         "type": "object", "properties": props, "additionalProperties": False,
         "description": "image assemblies only: upload image files (PNG, JPEG, BMP, GIF, WebP)"}}}}}
+
+
+def _openapi_for(schema: dict[str, Any], takes: str | None) -> dict[str, Any]:
+    """The OpenAPI document for what the served assembly takes: a text assembly's inference bodies are the text
+    requests alone (as before images existed), an image assembly's the image request and the upload; with no
+    assembly loaded yet, both."""
+    if takes is None:
+        return schema
+    out = copy.deepcopy(schema)
+    comps = out.get("components", {}).get("schemas", {})
+    for path, models in (("/v1/predict", ("PredictRequest", "ImagePredictRequest")),
+                         ("/v1/route", ("RouteRequest", "ImageRouteRequest"))):
+        op = out["paths"][path]["post"]
+        content = op["requestBody"]["content"]
+        keep, drop = models if takes == "text" else models[::-1]
+        content["application/json"]["schema"] = {"$ref": f"#/components/schemas/{keep}"}
+        comps.pop(drop, None)
+        if takes == "text":
+            content.pop("multipart/form-data", None)
+            op["responses"].pop("415", None)
+    return out
 
 
 def _media_type(request: Request) -> str:
@@ -244,6 +266,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         except ImageRefused as exc:
             _raise_for(exc)
             raise  # unreachable: _raise_for always raises
+        except DependencyError as exc:  # no Pillow on this server: it cannot read any image
+            raise ApiError(501, "not_implemented", str(exc)) from None
 
     async def _predict(asm: Any, items: list[Any], escalate: bool, images: list[dict[str, Any]] | None = None
                        ) -> JSONResponse:
@@ -431,6 +455,16 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.router.add_api_route("/v1/route", route, methods=["POST"], response_model=RouteResponse, tags=["inference"],
                              responses={413: err, 415: err, 422: err, 503: err, 504: err},
                              openapi_extra=_upload_schema(k_field), route_class_override=route_class)
+    full_openapi, variants = app.openapi, {}
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document (cached by FastAPI), narrowed to what the served assembly takes (cached per kind)."""
+        takes = modality()
+        if takes not in variants:
+            variants[takes] = _openapi_for(full_openapi(), takes)
+        return variants[takes]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     # -- experts ----------------------------------------------------------------------------
     @app.get("/v1/experts", response_model=list[ExpertOut], tags=["experts"])

@@ -15,8 +15,8 @@ file as sent, so a kept copy can be matched to it).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import hashlib
+import json
 import threading
 from pathlib import Path
 from typing import Any

@@ -55,14 +55,14 @@ def make_models(max_items: int, max_chars: int, max_train: int = 100_000, *, max
 
     class _Items(BaseModel):
         model_config = ConfigDict(extra="forbid")
+        items: list[Text] | None = Field(None, min_length=1, max_length=max_items,
+                                         description=f"texts to answer (1 to {max_items}, each 1 to {max_chars} characters)")
+        item: Text | None = Field(None, description="one text (instead of items)")
 
         @model_validator(mode="before")
         @classmethod
         def _not_images(cls, body: Any) -> Any:
             return _refuse(body, _IMAGE_KEYS, TAKES_TEXTS)
-        items: list[Text] | None = Field(None, min_length=1, max_length=max_items,
-                                         description=f"texts to answer (1 to {max_items}, each 1 to {max_chars} characters)")
-        item: Text | None = Field(None, description="one text (instead of items)")
 
         @model_validator(mode="after")
         def _one_of(self):  # noqa: ANN202
