@@ -133,7 +133,7 @@ def bomb_png(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def files() -> dict[str, bytes]:
-    """Image files with known labels: PNG (gray, 8x8 and 16x16), JPEG-free RGB PNG, BMP."""
+    """Image files with known labels: gray PNGs (8x8, 16x16), a gray BMP and an RGB PNG (12x12)."""
     rng = np.random.default_rng(7)
     rgb = np.repeat(pattern("right", rng, 12)[:, :, None], 3, axis=2)
     return {"top": png(pattern("top", rng)), "bottom": png(pattern("bottom", rng, 16)),
