@@ -381,16 +381,15 @@ def evaluate(name: str,
 _OUTPUT_FIELDS = ("label", "confidence", "escalated", "reason", "experts", "oos_score")
 
 
-def _predict_file(asm: Any, src: str, out: str, text_col: Optional[str], batch_size: int, escalate: bool) -> int:
-    """Label every text of ``src`` in batches; write one JSON object per row to ``out`` atomically. Returns the count."""
+def _write_predictions(asm: Any, keys: list[tuple[str, Any]], load: Any, out: str, batch_size: int,
+                       escalate: bool) -> int:
+    """Predict ``load(batch of key values)`` in batches; write ``{key: value, label, ...}`` per item to ``out``
+    atomically (a temporary file renamed at the end: an error or Ctrl-C leaves no partial output). Returns the count."""
     import tempfile
     from pathlib import Path
 
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    texts, _ = _read_texts(src, text_col, asm.config.max_chars)
     dest = Path(out).expanduser()
     if dest.is_dir():
         raise ConfigError(f"--output {str(dest)!r} is a folder; give a file name (e.g. predictions.jsonl)")
@@ -398,12 +397,12 @@ def _predict_file(asm: Any, src: str, out: str, text_col: Optional[str], batch_s
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh, \
-                tqdm(total=len(texts), unit="item", desc="predict", dynamic_ncols=True) as bar:
-            for lo in range(0, len(texts), batch_size):
-                batch = texts[lo:lo + batch_size]
-                for t, p in zip(batch, asm.predict(batch, escalate=escalate)):
+                tqdm(total=len(keys), unit="item", desc="predict", dynamic_ncols=True) as bar:
+            for lo in range(0, len(keys), batch_size):
+                batch = keys[lo:lo + batch_size]
+                for (key, value), p in zip(batch, asm.predict(load([v for _, v in batch]), escalate=escalate)):
                     d = p.to_dict()
-                    fh.write(json.dumps({"text": t, **{k: d[k] for k in _OUTPUT_FIELDS}}, ensure_ascii=False) + "\n")
+                    fh.write(json.dumps({key: value, **{k: d[k] for k in _OUTPUT_FIELDS}}, ensure_ascii=False) + "\n")
                 bar.update(len(batch))
             fh.flush()
             os.fsync(fh.fileno())
@@ -412,20 +411,86 @@ def _predict_file(asm: Any, src: str, out: str, text_col: Optional[str], batch_s
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return len(texts)
+    return len(keys)
+
+
+def _predict_file(asm: Any, src: str, out: str, text_col: Optional[str], batch_size: int, escalate: bool) -> int:
+    """Label every text of ``src`` in batches; write one JSON object per row to ``out`` atomically. Returns the count."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    texts, _ = _read_texts(src, text_col, asm.config.max_chars)
+    return _write_predictions(asm, [("text", t) for t in texts], list, out, batch_size, escalate)
+
+
+# -- images (an assembly whose encoder takes images) ---------------------------------------------------
+
+
+def _takes_images(asm: Any) -> bool:
+    return getattr(asm.encoder, "modality", None) == "image"
+
+
+def _read_image_args(name: str, args: list[str]) -> list[Any]:
+    """Each argument read as an image file (one line naming the first bad one: missing, corrupt, not an image)."""
+    from pathlib import Path
+
+    from .data import IMAGE_EXTENSIONS, read_image
+
+    for a in args:  # every argument checked before any is decoded
+        p = Path(a).expanduser()
+        if not p.exists() and p.suffix.lower() not in IMAGE_EXTENSIONS:
+            shown = a if len(a) <= 60 else a[:57] + "..."
+            raise InputError(f"assembly {name!r} takes images, and {shown!r} is not an image file; give paths of image "
+                             f"files ({', '.join(IMAGE_EXTENSIONS)}) or --input FOLDER")
+    return [read_image(Path(a).expanduser()) for a in args]
+
+
+def _image_folder_files(folder: str) -> list[Any]:
+    """The image files directly inside ``folder`` (by extension, hidden ones skipped), sorted by name."""
+    from pathlib import Path
+
+    from .data import IMAGE_EXTENSIONS
+
+    p = Path(folder).expanduser()
+    if not p.exists():
+        raise InputError(f"no such folder {folder!r} (--input)")
+    if not p.is_dir():
+        raise ConfigError(f"--input on an image assembly takes a folder of images, and {folder!r} is a file; give the "
+                          "folder, or the image files as arguments")
+    files = sorted((f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                    and f.suffix.lower() in IMAGE_EXTENSIONS), key=lambda f: f.name)
+    if not files:
+        raise DataError(f"folder {folder!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) directly inside it")
+    return files
+
+
+def _predict_folder(asm: Any, folder: str, out: str, batch_size: int, escalate: bool) -> int:
+    """Label every image of ``folder`` (sorted by name); one JSON object per file (``file``: its name) to ``out``."""
+    from .data import read_image
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    files = _image_folder_files(folder)
+    by_name = {f.name: f for f in files}
+    return _write_predictions(asm, [("file", f.name) for f in files],
+                              lambda names: [read_image(by_name[n]) for n in names], out, batch_size, escalate)
 
 
 @app.command()
-def predict(name: str, text: Optional[list[str]] = typer.Argument(None, help="one or more texts"),
+def predict(name: str, text: Optional[list[str]] = typer.Argument(None, help="one or more texts (image files for an "
+                                                                   "assembly of images)"),
             input_path: Optional[str] = typer.Option(None, "--input", help="label a whole file: .txt (one text per "
-                                                     "line), .csv, .tsv, .jsonl or .parquet"),
+                                                     "line), .csv, .tsv, .jsonl or .parquet; for an assembly of "
+                                                     "images, a folder (its image files, sorted)"),
             output: Optional[str] = typer.Option(None, "--output", help="with --input: the JSONL file to write "
                                                  "(one object per input row)"),
             text_col: Optional[str] = typer.Option(None, "--text-col", help="with --input: the text column"),
             batch_size: int = typer.Option(256, "--batch-size", help="with --input: texts per batch"),
             json_out: bool = typer.Option(False, "--json", help="print JSON"),
             no_escalate: bool = typer.Option(False, "--no-escalate", help="never consult the generalist")) -> None:
-    """Predict the label of one or more texts, or of every text of a file (--input FILE --output OUT.jsonl)."""
+    """Predict the label of one or more texts, or of every text of a file (--input FILE --output OUT.jsonl).
+
+    An assembly of images takes image files instead (PNG, JPEG, BMP, GIF, WebP), or --input FOLDER.
+    """
     from ._registry import Registry
 
     if bool(text) == (input_path is not None):
@@ -436,18 +501,25 @@ def predict(name: str, text: Optional[list[str]] = typer.Argument(None, help="on
     if input_path is None and (output is not None or text_col is not None):
         raise ConfigError(f"{'--output' if output is not None else '--text-col'} goes with --input FILE")
     asm = Registry().load(name)
+    images = _takes_images(asm)
+    if images and text_col is not None:
+        raise ConfigError(f"--text-col is for texts; assembly {name!r} takes images")
     if input_path is not None:
-        n = _predict_file(asm, input_path, output, text_col, batch_size, not no_escalate)  # type: ignore[arg-type]
+        if images:
+            n = _predict_folder(asm, input_path, output, batch_size, not no_escalate)  # type: ignore[arg-type]
+        else:
+            n = _predict_file(asm, input_path, output, text_col, batch_size, not no_escalate)  # type: ignore[arg-type]
         typer.echo(f"labelled {n} items from {input_path}; wrote {output}")
         return
     texts = list(text or [])
-    preds = asm.predict(texts, escalate=not no_escalate)
+    preds = asm.predict(_read_image_args(name, texts) if images else texts, escalate=not no_escalate)
     if json_out:
         typer.echo(json.dumps([p.to_dict() for p in preds] if len(preds) > 1 else preds[0].to_dict()))
         return
     for t, p in zip(texts, preds):
         esc = f", escalated ({p.reason})" if p.escalated else ""
-        typer.echo(f"{p.label}  (confidence {p.confidence:.3f}, experts {', '.join(p.experts)}{esc})  <- {t[:60]!r}")
+        typer.echo(f"{p.label}  (confidence {p.confidence:.3f}, experts {', '.join(p.experts)}{esc})  "
+                   f"<- {t if images else t[:60]!r}")
 
 
 @app.command("list")

@@ -5,30 +5,44 @@ admin (bearer token) ``POST /v1/experts``, ``DELETE /v1/experts/{name}``,
 ``POST /v1/admin/reload``; ``GET /healthz``, ``GET /readyz``, ``GET /metrics``;
 OpenAPI at ``/docs``. Errors have one body, ``{"error", "message", "field"}``;
 bad input is always a 4xx that names the field.
+
+An assembly whose encoder takes images answers the same two inference paths:
+JSON ``{"images": [base64, ...]}`` / ``{"image": base64}``, or a
+``multipart/form-data`` upload (fields ``file`` / ``files``, plus ``escalate``
+or ``k``). Both are one route per path: its JSON body is the text-or-image
+union, and an upload is handed to the upload handler before FastAPI reads the
+body (:func:`_inference_route`); the OpenAPI operation declares both media
+types (the multipart one through ``openapi_extra``).
 """
 
 import asyncio
+import copy
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import UploadFile
 
-from .._exceptions import ConfigError, InputError, NotFoundError
+from .._exceptions import ConfigError, DependencyError, InputError, NotFoundError
 from .._validation import check_items
 from ..routers import top_k
 from ._admin import BusyError, Controller, NoRegistryError
 from ._batching import DirectRunner, MicroBatcher, QueueFullError
 from ._config import ServeConfig
 from ._engine import Engine, PipelineError
+from ._images import TAKES_IMAGES, TAKES_TEXTS, ImageLimits, ImageRefused, ImageSource, check_count, decode_images, \
+    image_content_type_ok
 from ._limits import BodySizeLimit, RequestMetrics
 from ._metrics import ServeMetrics
 from ._reqlog import RequestLog
-from ._schemas import (ChangeResponse, ErrorBody, ExpertOut, Health, PredictResponse, Ready, ReloadRequest,
+from ._schemas import (BODY_TAGS, ChangeResponse, ErrorBody, ExpertOut, Health, PredictResponse, Ready, ReloadRequest,
                        RouteResponse, make_models)
 
 __all__ = ["create_app"]
@@ -36,6 +50,66 @@ __all__ = ["create_app"]
 log = logging.getLogger("manyfold.serve")
 
 _ROUTES = {"/v1/predict", "/v1/route", "/v1/experts", "/v1/admin/reload", "/healthz", "/readyz", "/metrics"}
+_INFERENCE = ("/v1/predict", "/v1/route")
+_UPLOAD_FIELDS = ("file", "files")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _upload_schema(option: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` declaring the multipart/form-data body of an inference path (image assemblies)."""
+    binary = {"type": "string", "format": "binary"}
+    props = {"file": {**binary, "description": "one image file"},
+             "files": {"type": "array", "items": binary, "description": "image files (send the field once per file)"},
+             **option}
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": props, "additionalProperties": False,
+        "description": "image assemblies only: upload image files (PNG, JPEG, BMP, GIF, WebP)"}}}}}
+
+
+def _openapi_for(schema: dict[str, Any], takes: str | None) -> dict[str, Any]:
+    """The OpenAPI document for what the served assembly takes: a text assembly's inference bodies are the text
+    requests alone (as before images existed), an image assembly's the image request and the upload; with no
+    assembly loaded yet, both."""
+    if takes is None:
+        return schema
+    out = copy.deepcopy(schema)
+    comps = out.get("components", {}).get("schemas", {})
+    for path, models in (("/v1/predict", ("PredictRequest", "ImagePredictRequest")),
+                         ("/v1/route", ("RouteRequest", "ImageRouteRequest"))):
+        op = out["paths"][path]["post"]
+        content = op["requestBody"]["content"]
+        keep, drop = models if takes == "text" else models[::-1]
+        content["application/json"]["schema"] = {"$ref": f"#/components/schemas/{keep}"}
+        comps.pop(drop, None)
+        if takes == "text":
+            content.pop("multipart/form-data", None)
+            op["responses"].pop("415", None)
+    return out
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _inference_route(uploads: dict[str, Callable[[Request], Awaitable[Response]]],
+                     refuse: Callable[[Request], None]) -> type[APIRoute]:
+    """A route class whose handler sends multipart uploads to ``uploads[path]`` and everything else to
+    FastAPI's JSON handler (``refuse(request)`` may first answer a media type it cannot take)."""
+
+    class InferenceRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            json_handler = super().get_route_handler()
+            path = self.path
+
+            async def handler(request: Request) -> Response:
+                if _media_type(request) == "multipart/form-data":
+                    return await uploads[path](request)
+                refuse(request)
+                return await json_handler(request)
+
+            return handler
+
+    return InferenceRoute
 
 
 class ApiError(Exception):
@@ -70,8 +144,18 @@ def create_app(config: ServeConfig) -> FastAPI:
     if not isinstance(config.assembly, str):  # an object serves at once (no lifespan needed)
         engine.swap(config.assembly, config.version)
     max_chars = config.assembly.config.max_chars if not isinstance(config.assembly, str) else 2000
-    M = make_models(config.max_items_per_request, max_chars)
-    PredictRequest, RouteRequest, AddExpertRequest = M.PredictRequest, M.RouteRequest, M.AddExpertRequest
+    limits = ImageLimits.of(config)
+
+    def modality() -> str | None:
+        """What the served assembly takes: "image", "text" (any other encoder), None while none is loaded."""
+        if not engine.ready:
+            return None
+        return "image" if getattr(engine.asm.encoder, "modality", None) == "image" else "text"
+
+    M = make_models(config.max_items_per_request, max_chars, max_images=config.max_images_per_request,
+                    modality=modality)
+    PredictBody, RouteBody, AddExpertRequest = M.PredictBody, M.RouteBody, M.AddExpertRequest
+    ImagePredictRequest, ImageRouteRequest = M.ImagePredictRequest, M.ImageRouteRequest
     if config.micro_batching:
         runner: Any = MicroBatcher(engine.run_batch, metrics, max_batch_size=config.max_batch_size,
                                    max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
@@ -102,8 +186,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         e = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        field = _field(e.get("loc", ()))
+        loc = tuple(e.get("loc", ()))
+        if request.url.path in _INFERENCE and len(loc) >= 2 and loc[0] == "body" and loc[1] in BODY_TAGS:
+            loc = loc[:1] + loc[2:]  # the text-or-image branch pydantic took: not a field of the request
+        field = _field(loc)
         msg = str(e.get("msg", "invalid"))
+        if e.get("type") == "wrong_modality":  # texts to an image assembly, or images to a text one
+            field = str((e.get("ctx") or {}).get("field", field))
         if e.get("type") == "json_invalid":
             field, msg = "body", f"the body is not valid JSON ({e.get('ctx', {}).get('error', msg)})"
         return _error(422, "invalid_request", f"{field}: {msg}", field)
@@ -113,6 +202,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         return _error(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
     def _raise_for(exc: BaseException) -> None:
+        if isinstance(exc, ImageRefused):
+            code = {413: "too_large", 415: "unsupported_media_type"}.get(exc.status, "invalid_request")
+            raise ApiError(exc.status, code, str(exc), exc.field)
         if isinstance(exc, QueueFullError):
             raise ApiError(503, "overloaded", str(exc), headers={"Retry-After": "1"})
         if isinstance(exc, InputError):
@@ -131,7 +223,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}")
 
     # -- request metrics (outermost: 413s are counted too) ------------------------
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    def body_limit(scope: Any) -> tuple[int, str]:
+        if scope.get("path") in _INFERENCE and modality() == "image":
+            return config.max_image_body_bytes, "max_image_body_bytes"
+        return config.max_body_bytes, "max_body_bytes"
+
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, limit_for=body_limit)
 
     def _record(ep: str, method: str, status: int, seconds: float) -> None:
         metrics.requests.labels(ep, method, str(status)).inc()
@@ -154,15 +251,30 @@ def create_app(config: ServeConfig) -> FastAPI:
                            "the admin API is off: start the server with an admin token (MANYFOLD_ADMIN_TOKEN)")
 
     # -- inference ------------------------------------------------------------------------
-    @app.post("/v1/predict", response_model=PredictResponse, tags=["inference"],
-              responses={413: err, 422: err, 503: err, 504: err})
-    async def predict(body: PredictRequest) -> Any:  # type: ignore[valid-type]
-        """Labels (or out-of-scope) for the items, with the experts used, escalation and per-stage timings."""
-        asm = _ready()
-        items = body.texts()
+    def _expect(asm: Any, images: bool, field: str) -> None:
+        """422 when the request's kind of item is not what the served assembly takes."""
+        takes_images = getattr(asm.encoder, "modality", None) == "image"
+        if images and not takes_images:
+            raise ApiError(422, "invalid_request", f"{field}: {TAKES_TEXTS}", field)
+        if not images and takes_images:
+            raise ApiError(422, "invalid_request", f"{field}: {TAKES_IMAGES}", field)
+
+    async def _images(sources: list[ImageSource], field: str) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Decode (in a thread: CPU-bound) after every limit is checked; refusals become their 4xx."""
         try:
-            check_items(items, modality=getattr(asm.encoder, "modality", None), max_chars=asm.config.max_chars)
-            fut = runner.submit(items, body.escalate)
+            return await asyncio.to_thread(decode_images, sources, limits, field)
+        except ImageRefused as exc:
+            _raise_for(exc)
+            raise  # unreachable: _raise_for always raises
+        except DependencyError as exc:  # no Pillow on this server: it cannot read any image
+            raise ApiError(501, "not_implemented", str(exc)) from None
+
+    async def _predict(asm: Any, items: list[Any], escalate: bool, images: list[dict[str, Any]] | None = None
+                       ) -> JSONResponse:
+        try:
+            check_items(items, **({"encoder": asm.encoder} if images is not None else
+                                  {"modality": getattr(asm.encoder, "modality", None)}), max_chars=asm.config.max_chars)
+            fut = runner.submit(items, escalate)
         except (InputError, QueueFullError) as exc:
             _raise_for(exc)
         metrics.in_flight.inc()
@@ -185,16 +297,12 @@ def create_app(config: ServeConfig) -> FastAPI:
             d["timings_ms"] = {**d["timings_ms"], "queue": round(1e3 * queued, 4)}
             out.append(d)
         if reqlog is not None:
-            reqlog.write(items, out, engine.version)
+            reqlog.write(items, out, engine.version, images=images)
         # built from plain dicts of the declared fields: answered as is, without a second pydantic pass
         return JSONResponse({"predictions": out, "assembly": config.registry_name, "version": engine.version})
 
-    @app.post("/v1/route", response_model=RouteResponse, tags=["inference"], responses={422: err, 503: err, 504: err})
-    async def route(body: RouteRequest) -> dict[str, Any]:  # type: ignore[valid-type]
-        """The routing decision only: the top-k experts per item with the router's scores."""
-        asm = _ready()
-        items = body.texts()
-        k = min(body.k or asm.config.top_k, len(asm.router.experts_))
+    async def _route(asm: Any, items: list[Any], k: int | None) -> dict[str, Any]:
+        k = min(k or asm.config.top_k, len(asm.router.experts_))
 
         def go() -> Any:
             pr = asm.router.predict_proba(asm.encoder.encode(items))
@@ -204,10 +312,159 @@ def create_app(config: ServeConfig) -> FastAPI:
             pr, idx, w = await asyncio.wait_for(asyncio.to_thread(go), config.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"no answer within {config.request_timeout_s} s") from None
+        except InputError as exc:
+            _raise_for(exc)
         names = asm.router.experts_
         routes = [{"experts": [{"name": str(names[j]), "score": float(pr[i, j]), "weight": float(w[i, s])}
                                for s, j in enumerate(idx[i])]} for i in range(len(items))]
         return {"routes": routes, "version": engine.version}
+
+    async def predict(body: PredictBody) -> Any:  # type: ignore[valid-type]
+        """Labels (or out-of-scope) for the items, with the experts used, escalation and per-stage timings.
+
+        Texts: ``{"items": [...]}`` / ``{"item": "..."}``. Images (an image assembly): ``{"images": [base64, ...]}``
+        / ``{"image": base64}``, or a multipart/form-data upload of files (``file`` / ``files``, ``escalate``).
+        """
+        asm = _ready()
+        if isinstance(body, ImagePredictRequest):
+            _expect(asm, True, "images" if body.images is not None else "image")
+            items, info = await _images([ImageSource(f, d) for f, d in body.sources()], "images")
+            return await _predict(asm, items, body.escalate, info)
+        _expect(asm, False, "items" if body.items is not None else "item")
+        return await _predict(asm, body.texts(), body.escalate)
+
+    async def route(body: RouteBody) -> dict[str, Any]:  # type: ignore[valid-type]
+        """The routing decision only: the top-k experts per item with the router's scores (texts or images,
+        as for ``/v1/predict``)."""
+        asm = _ready()
+        if isinstance(body, ImageRouteRequest):
+            _expect(asm, True, "images" if body.images is not None else "image")
+            items, _ = await _images([ImageSource(f, d) for f, d in body.sources()], "images")
+            return await _route(asm, items, body.k)
+        _expect(asm, False, "items" if body.items is not None else "item")
+        return await _route(asm, body.texts(), body.k)
+
+    # -- uploads (multipart/form-data) on the same paths ------------------------------------
+    async def _form(request: Request, option: str) -> tuple[list[ImageSource], str | None]:
+        """The uploaded images (checked: count, content type, bytes) and the value of ``option``."""
+        from starlette import formparsers
+
+        if formparsers.multipart is None:
+            raise ApiError(415, "unsupported_media_type", "this server cannot read multipart uploads (python-multipart "
+                           "is not installed: pip install 'manyfold[serve]'); send JSON {\"images\": [base64, ...]}",
+                           "body")
+        parser = formparsers.MultiPartParser(request.headers, request.stream(), max_files=limits.max_images,
+                                             max_fields=8, max_part_size=1024)
+        try:
+            form = await parser.parse()
+        except formparsers.MultiPartException as exc:
+            if exc.message.startswith("Too many files"):
+                raise ApiError(413, "too_large", f"files: more than {limits.max_images} files; the limit is "
+                               f"{limits.max_images} per request (max_images_per_request)", "files") from None
+            raise ApiError(422, "invalid_request", f"body: not a valid multipart/form-data upload ({exc.message})",
+                           "body") from None
+        try:
+            uploads: list[tuple[str, UploadFile]] = []
+            value: str | None = None
+            for name, v in form.multi_items():
+                if name in _UPLOAD_FIELDS:
+                    if not isinstance(v, UploadFile):
+                        raise ApiError(422, "invalid_request", f"{name}: send a file (a part with a filename), "
+                                       "not a plain form value", name)
+                    uploads.append((name, v))
+                elif name == option:
+                    value = v if isinstance(v, str) else None
+                    if value is None:
+                        raise ApiError(422, "invalid_request", f"{name}: a plain form value, not a file", name)
+                else:
+                    raise ApiError(422, "invalid_request", f"{name}: unknown form field; valid fields: file, files, "
+                                   f"{option}", name)
+            if not uploads:
+                raise ApiError(422, "invalid_request", "files: no image uploaded; send one or more files in the "
+                               "form fields 'file' or 'files'", "files")
+            try:
+                check_count(len(uploads), "files", limits)
+            except ImageRefused as exc:
+                _raise_for(exc)
+            sources = []
+            for i, (name, up) in enumerate(uploads):
+                field = f"{name}.{i}"
+                if not image_content_type_ok(up.content_type):
+                    raise ApiError(415, "unsupported_media_type", f"{field}: {up.filename!r} was sent as "
+                                   f"{up.content_type!r}, not an image; upload image files (image/png, image/jpeg, "
+                                   "...) or application/octet-stream", field)
+                if up.size is not None and up.size > limits.max_bytes:
+                    raise ApiError(413, "too_large", f"{field}: {up.filename!r}: {up.size:,} bytes is more than "
+                                   f"max_image_bytes={limits.max_bytes:,}", field)
+                sources.append(ImageSource(field, await up.read(), up.filename or None))
+            return sources, value
+        finally:
+            await form.close()
+
+    def _flag(name: str, value: str | None, default: bool) -> bool:
+        if value is None:
+            return default
+        v = value.strip().lower()
+        if v in _TRUE or v in _FALSE:
+            return v in _TRUE
+        raise ApiError(422, "invalid_request", f"{name}: {value[:40]!r} is not a boolean; valid: true, false", name)
+
+    def _uploads_only(asm: Any) -> None:
+        if getattr(asm.encoder, "modality", None) != "image":
+            raise ApiError(422, "invalid_request", f"files: {TAKES_TEXTS} as JSON; file uploads are for image "
+                           "assemblies", "files")
+
+    async def predict_upload(request: Request) -> Response:
+        asm = _ready()
+        _uploads_only(asm)
+        sources, escalate = await _form(request, "escalate")
+        esc = _flag("escalate", escalate, True)
+        items, info = await _images(sources, "files")
+        return await _predict(asm, items, esc, info)
+
+    async def route_upload(request: Request) -> Response:
+        asm = _ready()
+        _uploads_only(asm)
+        sources, k = await _form(request, "k")
+        kk = None
+        if k is not None:
+            try:
+                kk = int(k)
+            except ValueError:
+                kk = 0
+            if not 1 <= kk <= 64:
+                raise ApiError(422, "invalid_request", f"k: {k[:40]!r} is not an integer from 1 to 64", "k")
+        items, _ = await _images(sources, "files")
+        return JSONResponse(await _route(asm, items, kk))
+
+    def refuse_media(request: Request) -> None:
+        """An image assembly takes JSON or multipart only (a text one keeps FastAPI's answer: 422)."""
+        mt = _media_type(request)
+        if mt and mt != "application/json" and not mt.endswith("+json") and modality() == "image":
+            raise ApiError(415, "unsupported_media_type", f"body: content type {mt!r} is not taken here; send JSON "
+                           "{\"images\": [base64, ...]} or a multipart/form-data upload of files", "body")
+
+    route_class = _inference_route({"/v1/predict": predict_upload, "/v1/route": route_upload}, refuse_media)
+    escalate_field = {"escalate": {"type": "boolean", "default": True,
+                                   "description": "false keeps the generalist out"}}
+    k_field = {"k": {"type": "integer", "minimum": 1, "maximum": 64,
+                     "description": "how many experts (default: the assembly's top_k)"}}
+    app.router.add_api_route("/v1/predict", predict, methods=["POST"], response_model=PredictResponse,
+                             tags=["inference"], responses={413: err, 415: err, 422: err, 503: err, 504: err},
+                             openapi_extra=_upload_schema(escalate_field), route_class_override=route_class)
+    app.router.add_api_route("/v1/route", route, methods=["POST"], response_model=RouteResponse, tags=["inference"],
+                             responses={413: err, 415: err, 422: err, 503: err, 504: err},
+                             openapi_extra=_upload_schema(k_field), route_class_override=route_class)
+    full_openapi, variants = app.openapi, {}
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document (cached by FastAPI), narrowed to what the served assembly takes (cached per kind)."""
+        takes = modality()
+        if takes not in variants:
+            variants[takes] = _openapi_for(full_openapi(), takes)
+        return variants[takes]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     # -- experts ----------------------------------------------------------------------------
     @app.get("/v1/experts", response_model=list[ExpertOut], tags=["experts"])

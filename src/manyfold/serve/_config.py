@@ -35,6 +35,13 @@ class ServeConfig:
       answered as soon as the experts have; off runs each batch through both.
     - ``request_timeout_s``: a request not answered by then gets 504.
     - ``max_items_per_request`` (422 beyond), ``max_body_bytes`` (413 beyond).
+    - Images (an assembly whose encoder takes images; 413 beyond each limit,
+      checked before any pixel is decoded): ``max_image_bytes`` (one image's
+      file), ``max_image_pixels`` (one image's width x height, read from its
+      header), ``max_request_pixels`` (all the images of one request),
+      ``max_images_per_request``, and ``max_image_body_bytes``: the body limit of
+      ``/v1/predict`` and ``/v1/route`` on such an assembly, in place of
+      ``max_body_bytes`` (base64 adds a third to every image).
     - ``dataset``: a :class:`~manyfold.Dataset` (or a dataset name, loaded from
       ``data_dir``) whose train/val splits refit the router when experts are
       added or removed over HTTP; without it those endpoints answer 409.
@@ -57,6 +64,11 @@ class ServeConfig:
     request_timeout_s: float = 30.0
     max_items_per_request: int = 256
     max_body_bytes: int = 1 << 20
+    max_image_bytes: int = 10_000_000
+    max_image_pixels: int = 16_000_000
+    max_request_pixels: int = 64_000_000
+    max_images_per_request: int = 64
+    max_image_body_bytes: int = 64 << 20
     micro_batching: bool = True
     generalist_stage: bool = True
     dataset: Any = None
@@ -70,7 +82,8 @@ class ServeConfig:
             raise ConfigError("ServeConfig.assembly must be a registry name or an Assembly")
         if not isinstance(self.assembly, str) and not hasattr(self.assembly, "forward"):
             raise ConfigError(f"ServeConfig.assembly must be a registry name or an Assembly, got {type(self.assembly).__name__}")
-        for f in ("max_batch_size", "max_queue", "max_items_per_request", "max_body_bytes"):
+        for f in ("max_batch_size", "max_queue", "max_items_per_request", "max_body_bytes", "max_image_bytes",
+                  "max_image_pixels", "max_request_pixels", "max_images_per_request", "max_image_body_bytes"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"ServeConfig.{f} must be a positive integer, got {v!r}")

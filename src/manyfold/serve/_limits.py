@@ -46,15 +46,21 @@ class RequestMetrics:
 
 
 class BodySizeLimit:
-    """413 for a request body over ``max_bytes`` (by ``Content-Length``, or counted while streaming)."""
+    """413 for a request body over the limit (by ``Content-Length``, or counted while streaming).
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    The limit is ``max_bytes`` (named ``max_body_bytes`` in the answer), or what
+    ``limit_for(scope)`` says for this request: ``(bytes, name of the setting)``
+    (image uploads have a limit of their own).
+    """
+
+    def __init__(self, app: Any, max_bytes: int, limit_for: Callable[[Any], tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.limit_for = limit_for
 
-    async def _reject(self, send: Any, size: str) -> None:
+    async def _reject(self, send: Any, size: str, limit: int, name: str) -> None:
         body = json.dumps({"error": "too_large", "field": "body",
-                           "message": f"the request body is {size} bytes; the limit is {self.max_bytes} (max_body_bytes)"}
+                           "message": f"the request body is {size} bytes; the limit is {limit} ({name})"}
                           ).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -63,14 +69,15 @@ class BodySizeLimit:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, name = self.limit_for(scope) if self.limit_for is not None else (self.max_bytes, "max_body_bytes")
         for k, v in scope.get("headers", []):
             if k == b"content-length":
                 try:
                     n = int(v)
                 except ValueError:
                     n = -1
-                if n > self.max_bytes:
-                    return await self._reject(send, str(n))
+                if n > limit:
+                    return await self._reject(send, str(n), limit, name)
         chunks, total, more = [], 0, True
         while more:  # read (at most max_bytes + one chunk), then replay it to the app
             msg = await receive()
@@ -79,8 +86,8 @@ class BodySizeLimit:
             chunks.append(msg.get("body", b""))
             total += len(chunks[-1])
             more = msg.get("more_body", False)
-            if total > self.max_bytes:
-                return await self._reject(send, f"more than {self.max_bytes}")
+            if total > limit:
+                return await self._reject(send, f"more than {limit}", limit, name)
         body = b"".join(chunks)
         sent = False
 

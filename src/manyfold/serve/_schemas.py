@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic_core import PydanticCustomError
 
-__all__ = ["make_models", "PredictionOut", "PredictResponse", "RouteResponse", "ExpertOut", "ErrorBody",
+from ._images import TAKES_IMAGES, TAKES_TEXTS
+
+__all__ = ["make_models", "BODY_TAGS", "PredictionOut", "PredictResponse", "RouteResponse", "ExpertOut", "ErrorBody",
            "ReloadRequest", "ChangeResponse", "Health", "Ready"]
 
 
@@ -21,8 +25,32 @@ def _clean_text(v: str) -> str:
     return v
 
 
-def make_models(max_items: int, max_chars: int, max_train: int = 100_000) -> SimpleNamespace:
-    """Request models whose limits are this server's ``max_items`` and ``max_chars``."""
+#: the tags of the text / image branches of an inference body (pydantic puts them in an error's location)
+BODY_TAGS = ("text", "image")
+_TEXT_KEYS, _IMAGE_KEYS = ("items", "item"), ("images", "image")
+
+
+def _refuse(body: Any, keys: tuple[str, ...], message: str) -> Any:
+    """A body that holds the other modality's fields: one error naming that field and what to send instead."""
+    if isinstance(body, dict):
+        for k in keys:
+            if k in body:
+                raise PydanticCustomError("wrong_modality", message, {"field": k})
+    return body
+
+
+def make_models(max_items: int, max_chars: int, max_train: int = 100_000, *, max_images: int = 64,
+                modality: Callable[[], str | None] = lambda: None) -> SimpleNamespace:
+    """Request models whose limits are this server's ``max_items`` and ``max_chars``.
+
+    ``PredictBody`` / ``RouteBody`` are the JSON bodies of ``/v1/predict`` and
+    ``/v1/route``: the text request (``items`` / ``item``) or the image request
+    (``images`` / ``image``, base64), picked by ``modality()`` (what the served
+    assembly takes; ``None`` while none is loaded: then by the fields sent).
+    Each refuses the other's fields with a ``wrong_modality`` error that says
+    what to send. ``max_images`` only documents the image limit (over it: 413,
+    checked by the app).
+    """
     Text = Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_clean_text)]
 
     class _Items(BaseModel):
@@ -30,6 +58,11 @@ def make_models(max_items: int, max_chars: int, max_train: int = 100_000) -> Sim
         items: list[Text] | None = Field(None, min_length=1, max_length=max_items,
                                          description=f"texts to answer (1 to {max_items}, each 1 to {max_chars} characters)")
         item: Text | None = Field(None, description="one text (instead of items)")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _not_images(cls, body: Any) -> Any:
+            return _refuse(body, _IMAGE_KEYS, TAKES_TEXTS)
 
         @model_validator(mode="after")
         def _one_of(self):  # noqa: ANN202
@@ -49,6 +82,53 @@ def make_models(max_items: int, max_chars: int, max_train: int = 100_000) -> Sim
         """Routing only: the top ``k`` experts (default: the assembly's ``top_k``) and the router's scores."""
 
         k: int | None = Field(None, ge=1, le=64)
+
+    B64 = Annotated[str, Field(description="the standard base64 of an image file (PNG, JPEG, BMP, GIF, WebP); "
+                                           "a 'data:image/png;base64,' prefix is allowed")]
+
+    class _Images(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        images: list[B64] | None = Field(None, min_length=1, description=f"images to answer (1 to {max_images}), "
+                                         "each the base64 of an image file")
+        image: B64 | None = Field(None, description="one image (instead of images)")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _not_texts(cls, body: Any) -> Any:
+            return _refuse(body, _TEXT_KEYS, TAKES_IMAGES)
+
+        @model_validator(mode="after")
+        def _one_of(self):  # noqa: ANN202
+            if (self.images is None) == (self.image is None):
+                raise ValueError("give exactly one of the fields 'images' (a list of base64 images) or 'image' (one)")
+            return self
+
+        def sources(self) -> list[tuple[str, str]]:
+            """``(field, base64)`` per image: ``images.0``, ``images.1``, ... or ``image``."""
+            if self.images is not None:
+                return [(f"images.{i}", s) for i, s in enumerate(self.images)]
+            return [("image", self.image)]  # type: ignore[list-item]
+
+    class ImagePredictRequest(_Images):
+        """``{"images": [base64, ...]}`` or ``{"image": base64}`` (an image assembly); ``escalate`` as for texts."""
+
+        escalate: bool = True
+
+    class ImageRouteRequest(_Images):
+        """Routing only, for images: the top ``k`` experts and the router's scores."""
+
+        k: int | None = Field(None, ge=1, le=64)
+
+    def pick(body: Any) -> str:
+        takes = modality()
+        if takes is not None:
+            return "image" if takes == "image" else "text"
+        if isinstance(body, dict) and any(k in body for k in _IMAGE_KEYS) and not any(k in body for k in _TEXT_KEYS):
+            return "image"
+        return "text"
+
+    def either(text: type, image: type) -> Any:
+        return Annotated[Union[Annotated[text, Tag("text")], Annotated[image, Tag("image")]], Discriminator(pick)]
 
     Pair = Annotated[tuple[Text, Annotated[str, Field(min_length=1, max_length=200)]], Field()]
 
@@ -70,7 +150,10 @@ def make_models(max_items: int, max_chars: int, max_train: int = 100_000) -> Sim
                     raise ValueError(f"field {field!r} has labels that are not in 'labels': {bad[:5]}")
             return self
 
-    return SimpleNamespace(PredictRequest=PredictRequest, RouteRequest=RouteRequest, AddExpertRequest=AddExpertRequest)
+    return SimpleNamespace(PredictRequest=PredictRequest, RouteRequest=RouteRequest, AddExpertRequest=AddExpertRequest,
+                           ImagePredictRequest=ImagePredictRequest, ImageRouteRequest=ImageRouteRequest,
+                           PredictBody=either(PredictRequest, ImagePredictRequest),
+                           RouteBody=either(RouteRequest, ImageRouteRequest))
 
 
 class ReloadRequest(BaseModel):
