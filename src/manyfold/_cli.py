@@ -316,7 +316,8 @@ def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
         typer.echo(f"  {e.name:<24} {_n(len(labs), 'label')}: {_label_preview(labs)}")
     typer.echo(_calibration_line(asm.calibration_))
     typer.echo(f"saved assembly {name!r} version {v} in {reg.root}")
-    typer.echo(f"try: manyfold evaluate {name}   or   manyfold predict {name} \"some text\"")
+    example = "path/to/picture.png" if ds.modality == "image" else '"some text"'
+    typer.echo(f"try: manyfold evaluate {name}   or   manyfold predict {name} {example}")
 
 
 def _print_report(rep: dict[str, Any]) -> None:
