@@ -271,23 +271,29 @@ def part_objective(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     return res
 
 
+def _run_line(part: dict[str, Any]) -> str:
+    return (f"Command: `{part.get('command_line')}` ({part.get('date')}, load at start {part.get('load_at_start')}, "
+            f"{part.get('seconds')} s)")
+
+
 def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
 def markdown(res: dict[str, Any]) -> str:
     L = ["# Your own data: the default pipeline on files, untuned", "",
-         f"Command: `{res['command']}`  ", f"Date: {res['date']}; machine: {res['machine']['cores']} cores, "
-         f"{res['machine']['cpu']}; load at start: {res['load_at_start']}; versions: {res['versions']}", "",
+         f"Machine: {res['machine']['cores']} cores, {res['machine']['cpu']}; versions: {res['versions']}. "
+         "Each part below names the command that made it, its date and the load at its start.", "",
          f"Small encoder: `{res['small']}`; generalist: `{res['generalist']}`. Library defaults everywhere "
          "(escalation objective `knee`, no cap). *closed*: argmax over known labels; *open*: an in-scope item "
          "called out-of-scope counts as an error; *routing top-k*: the true label's expert among the experts an item "
          "is routed to. Fit seconds exclude encoding (cached vectors).", ""]
     if "grouping" in res:
+        L += ["## Automatic grouping vs one flat head vs the true domains", "", _run_line(res["grouping"]), ""]
         for key, r in res["grouping"].items():
             if not isinstance(r, dict):
                 continue
-            L += [f"## {key}: {r['dataset']}", "", f"Experts chosen by automatic grouping: **{r['experts_chosen']}**; "
+            L += [f"### {key}: {r['dataset']}", "", f"Experts chosen by automatic grouping: **{r['experts_chosen']}**; "
                   f"auto - flat (closed): {r['auto_minus_flat_closed_points']:+.2f} points "
                   f"({'PASS' if r['check_auto_within_0.5_points_of_flat'] else 'FAIL'}: at most 0.5 below).", "",
                   "| system | experts | closed acc | open acc | OOS AUROC | routing top-k | escalated | fit s |",
@@ -300,7 +306,7 @@ def markdown(res: dict[str, Any]) -> str:
             L.append("")
     if "unknowns" in res:
         u = res["unknowns"]
-        L += ["## Out of scope without out-of-scope examples: BANKING77 alone", "",
+        L += ["## Out of scope without out-of-scope examples: BANKING77 alone", "", _run_line(u), "",
               f"Assembly from BANKING77 only ({u['assembly']['experts']} experts, out-of-scope method "
               f"`{u['assembly']['calibration'].get('oos_method')}`). Negatives: BANKING77 test ({u['n_known_test']}). ",
               "", "| unknowns | path | AUROC | recall at own threshold | false OOS on known |", "| --- | --- | ---: | ---: | ---: |"]
@@ -318,7 +324,7 @@ def markdown(res: dict[str, Any]) -> str:
               f"held-out AUROC >= 0.90: {'PASS' if u['check_held_out_auroc_ge_0.90'] else 'FAIL'}.", ""]
     if "no_oos" in res:
         n = res["no_oos"]
-        L += ["## CLINC150 assembled without any of its out-of-scope items", "",
+        L += ["## CLINC150 assembled without any of its out-of-scope items", "", _run_line(n), "",
               "| path | closed acc | open acc | OOS AUROC | OOS recall | escalated |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for k in ("experts_only", "escalating"):
             v = n[k]
@@ -328,7 +334,7 @@ def markdown(res: dict[str, Any]) -> str:
               f"check OOS AUROC >= 0.965: {'PASS' if n['check_oos_auroc_ge_0.965'] else 'FAIL'}.", ""]
     if "objective" in res:
         o = res["objective"]
-        L += ["## The escalation budget follows the objective: weak experts, strong generalist", "",
+        L += ["## The escalation budget follows the objective: weak experts, strong generalist", "", _run_line(o), "",
               f"Experts on `{o['experts_encoder']}`, generalist on `{o['generalist_encoder']}` (CLINC150, test split). "
               f"Generalist alone (closed): **{_pct(o['generalist_alone_closed'])}**.", "",
               "| objective | closed acc | open acc | experts only (closed) | escalated (test) | budget chosen (val) | budget binds |",
@@ -391,6 +397,8 @@ def main() -> None:
                 res[p] = part_objective(args, out_dir)
             res[p]["seconds"] = round(time.perf_counter() - t0, 1)
             res[p]["command_line"] = res["command"]
+            res[p]["date"] = res["date"]
+            res[p]["load_at_start"] = res["load_at_start"]
             path.write_text(json.dumps(res, indent=2, default=str) + "\n")
     (out_dir / "own_data.md").write_text(markdown(res))
     print(markdown(res))

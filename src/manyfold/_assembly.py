@@ -333,14 +333,21 @@ class Assembly:
         old = getattr(self, "summaries_", None)
         self.summaries_ = {**(old or {}), package.name: package.summary}
         try:
-            return self._change_experts([*self.experts, package.expert], {},
-                                        (train_items, train_labels, val_items, val_labels), show_progress)
+            self._change_experts([*self.experts, package.expert], {},
+                                 (train_items, train_labels, val_items, val_labels), show_progress)
         except BaseException:
             if old is None:
                 del self.summaries_
             else:
                 self.summaries_ = old
             raise
+        prov = dict(getattr(self, "provenance_", None) or {})
+        prov["packages"] = {**(prov.get("packages") or {}), package.name: {
+            "file": str(package.path) if package.path else None, "checksums": dict(package.checksums),
+            "signature": package.signature, "signed_by": package.signed_by,
+            "creator": package.meta.get("creator"), "licence": package.meta.get("licence")}}
+        self.provenance_ = prov
+        return self
 
     def replace_expert(self, name: str, expert: Any, train_items: Sequence[Any], train_labels: Any,
                        val_items: Sequence[Any], val_labels: Any, *, show_progress: bool = False) -> "Assembly":

@@ -22,6 +22,7 @@ app.add_typer(experts_app, name="experts")
 
 DataDir = typer.Option(None, "--data-dir", help="folder holding clinc150/ (default: the one recorded at assembly, else "
                                                   "$MANYFOLD_DATA, else the cache; downloads when missing); not used for files")
+TrustedKeys = typer.Option(None, "--trusted-key", help="a trusted ed25519 public key (PEM file); repeat for more")
 DatasetOpt = typer.Option(None, "--dataset", help="the data the assembly was built from: clinc150 or a file or folder "
                                                   "path (default: the dataset its manifest records)")
 
@@ -199,6 +200,57 @@ def demo(data_dir: Optional[str] = DataDir, name: str = typer.Option("clinc150",
     typer.echo(f"took {res['seconds']:.1f} s; try: manyfold predict {res['name']} \"what's my account balance\"")
 
 
+def _assemble_federated(source: str, folder: str, name: Optional[str], text_col: Optional[str], label_col: Optional[str],
+                        oos_label: str, router: str, top_k: int, objective: str, target_accuracy: Optional[float],
+                        max_escalation_rate: float, trusted_key: Optional[list[str]], require_signature: bool) -> None:
+    """``assemble SOURCE --from-packages DIR``: the experts' owners share their packages, the assembler its val data."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ._build import assemble_from_packages
+    from ._config import AssemblyConfig
+    from ._io import sha256_file
+    from ._registry import Registry
+    from .data._files import FORMATS, not_found
+    from .experts import check_name
+    from .packages import read_package
+
+    config = AssemblyConfig(top_k=top_k, escalation_objective=objective, target_accuracy=target_accuracy,
+                            max_escalation_rate=max_escalation_rate)
+    name = name or "federated"
+    check_name(name, "assembly")
+    d = Path(folder).expanduser()
+    if not d.is_dir():
+        raise not_found("folder", str(d), f"no such folder of expert packages {str(d)!r} (--from-packages)")
+    files = sorted(d.glob("*.mfx"))
+    if not files:
+        raise ConfigError(f"{str(d)!r} holds no expert package (*.mfx)")
+    pkgs = [read_package(f, trusted_keys=trusted_key or None, require_signature=require_signature) for f in files]
+    src = Path(source).expanduser()
+    if src.is_dir():
+        vals = [p for p in sorted(src.iterdir()) if p.stem.lower() in ("val", "valid", "validation", "dev")
+                and p.suffix.lower() in FORMATS]
+        if len(vals) != 1:
+            raise ConfigError(f"{str(src)!r} must hold one validation file (val.csv, val.jsonl, ...); found "
+                              f"{', '.join(p.name for p in vals) or 'none'}")
+        src = vals[0]
+    texts, labels, oos = _read_labelled(str(src), text_col, label_col, None if oos_label == "none" else oos_label,
+                                        config.max_chars)
+    asm = assemble_from_packages(pkgs, texts, np.asarray(labels, dtype=str), router=router, config=config, oos_label=oos,
+                                 provenance={"dataset": None, "validation_data": {"path": str(src.resolve()),
+                                                                                  "sha256": sha256_file(src)},
+                                             "packages": {p.name: {"file": str(p.path), "checksums": dict(p.checksums),
+                                                                   "signature": p.signature, "signed_by": p.signed_by,
+                                                                   "creator": p.meta.get("creator")} for p in pkgs}})
+    reg = Registry()
+    v = reg.save(asm, name, note=f"federated from {len(pkgs)} packages in {str(d)}")
+    typer.echo(f"{len(pkgs)} expert packages verified ({', '.join(p.name for p in pkgs)}); router learnt from their "
+               f"routing summaries; policy calibrated on {len(texts)} validation items of {str(src)!r}")
+    typer.echo(_calibration_line(asm.calibration_))
+    typer.echo(f"saved assembly {name!r} version {v} in {reg.root}; evaluate it with: manyfold evaluate {name} --data TEST_FILE")
+
+
 @app.command("assemble")
 def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
                                              help="clinc150, mnist, fashion-mnist, or a labelled file (.csv .tsv .jsonl "
@@ -245,7 +297,12 @@ def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
                  target_accuracy: Optional[float] = typer.Option(None, "--target-accuracy",
                                                                  help="with --objective accuracy: validation accuracy to reach"),
                  max_escalation_rate: float = typer.Option(1.0, "--max-escalation-rate",
-                                                           help="at most this share of items goes to the generalist")) -> None:
+                                                           help="at most this share of items goes to the generalist"),
+                 from_packages: Optional[str] = typer.Option(None, "--from-packages", help="federated: a folder of "
+                                                             "expert packages (*.mfx); SOURCE is then your validation "
+                                                             "data only (a labelled file, or a folder's val file)"),
+                 trusted_key: Optional[list[str]] = TrustedKeys,
+                 require_signature: bool = typer.Option(False, "--require-signature")) -> None:
     """Build an assembly from clinc150 or your own labelled file or folder, and save it in the registry.
 
     Everything is checked before any model runs; the registry is written last, so a failure leaves it as it was.
@@ -261,6 +318,10 @@ def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
     from .data._files import FORMATS, not_found
     from .experts import check_name
 
+    if from_packages is not None:
+        _assemble_federated(source, from_packages, name, text_col, label_col, oos_label, router, top_k, objective,
+                            target_accuracy, max_escalation_rate, trusted_key, require_signature)
+        return
     # -- everything cheap first: a mistake costs no model load and writes nothing -------------------
     builtin = source in DATASETS
     if not builtin and not Path(source).expanduser().exists():
@@ -610,6 +671,83 @@ def experts_remove(name: str, expert: str, data_dir: Optional[str] = DataDir,
     asm.remove_expert(expert, tr.items, tr.labels, va.items, va.labels)
     v = reg.save(asm, name, note=f"removed expert {expert}", extra=asm.manifest_.get("extra"))
     typer.echo(f"removed expert {expert!r} ({_n(len(gone), 'label')}); saved {name!r} version {v}")
+
+
+@experts_app.command("pack")
+def experts_pack(name: str, expert: str, out: str = typer.Option(..., "-o", "--output", help="the package file (.mfx)"),
+                 creator: str = typer.Option("", help="who trained it"), licence: str = typer.Option("", help="its licence"),
+                 sign_key: Optional[str] = typer.Option(None, "--sign-key", help="sign with this ed25519 private key (PEM)"),
+                 data_dir: Optional[str] = DataDir, dataset: Optional[str] = DatasetOpt) -> None:
+    """Pack one expert as a portable, verifiable package: its card, weights and routing summary (no training data)."""
+    import numpy as np
+
+    from ._registry import Registry
+    from .flywheel._cli import labelled_splits
+    from .packages import pack_main
+
+    asm = Registry().load(name)
+    e = asm.expert(expert)  # an unknown name fails here, before any data is read
+    if not out.endswith(".mfx"):
+        raise ConfigError(f"the package file must end in .mfx, got {out!r}")
+    tr, _ = labelled_splits(asm, _dataset_for(asm.manifest_, data_dir, dataset), e.labels_.tolist())
+    mine = np.isin(tr.labels, e.labels_)
+    items = [tr.items[i] for i in np.nonzero(mine)[0]]
+    X = np.asarray(asm.encoder.encode(items), np.float32)
+    pack_main(e, asm.encoder, X, tr.labels[mine], out, typer.echo, modality=getattr(asm.encoder, "modality", "text"),
+              creator=creator, licence=licence, signing_key=sign_key)
+
+
+@experts_app.command("inspect")
+def experts_inspect(path: str, trusted_key: Optional[list[str]] = TrustedKeys,
+                    require_signature: bool = typer.Option(False, "--require-signature"),
+                    json_out: bool = typer.Option(False, "--json")) -> None:
+    """Verify a package (every checksum, its format, the signature) and show its card; runs nothing from it."""
+    from .packages import inspect_main
+
+    inspect_main(path, typer.echo, trusted_keys=trusted_key or None, require_signature=require_signature, json_out=json_out)
+
+
+@experts_app.command("install")
+def experts_install(name: str, path: str, trusted_key: Optional[list[str]] = TrustedKeys,
+                    require_signature: bool = typer.Option(False, "--require-signature"),
+                    data_dir: Optional[str] = DataDir, dataset: Optional[str] = DatasetOpt) -> None:
+    """Plug a verified expert package into a saved assembly: only the router is refitted, from routing summaries."""
+    import time
+
+    import numpy as np
+    from ._registry import Registry
+    from .flywheel._cli import labelled_splits
+    from .packages import read_package
+
+    t0 = time.perf_counter()
+    reg = Registry()
+    asm = reg.load(name)
+    pkg = read_package(path, trusted_keys=trusted_key or None, require_signature=require_signature,
+                       expected_encoder_id=asm.encoder.id, expected_modality=getattr(asm.encoder, "modality", None))
+    if pkg.name in asm.expert_names:  # before any data is read
+        raise ConfigError(f"an expert named {pkg.name!r} is already in {name!r}; nothing changed "
+                          f"(`manyfold experts remove {name} {pkg.name}` first to replace it)")
+    ds = _dataset_for(asm.manifest_, data_dir, dataset)
+    first = not getattr(asm, "summaries_", None)  # the experts trained here are summarised once, from their data
+    tr, va = labelled_splits(asm, ds, asm.labels_.tolist() + list(pkg.labels))
+    train = (tr.items, tr.labels) if first else ([], np.zeros(0, str))
+    keep_va = np.isin(va.labels, asm.labels_.tolist() + [asm.config.oos_label])  # what the package brings is new here
+    asm.install(pkg, [va.items[i] for i in np.nonzero(keep_va)[0]], va.labels[keep_va],
+                train_items=train[0], train_labels=train[1])
+    v = reg.save(asm, name, note=f"installed package {pkg.name} ({pkg.path.name if pkg.path else ''})",
+                 extra=asm.manifest_.get("extra"))
+    typer.echo(f"installed {pkg.name!r} ({_n(len(pkg.labels), 'label')}, signature: {pkg.signature}); only the router "
+               f"and the policy were refitted, from routing summaries; saved {name!r} version {v} "
+               f"in {time.perf_counter() - t0:.1f} s")
+
+
+@experts_app.command("keygen")
+def experts_keygen(out_dir: str = typer.Argument(".", help="folder for NAME.key (private, 0600) and NAME.pub"),
+                   key_name: str = typer.Option("manyfold-signing", "--name", help="file name of the key pair")) -> None:
+    """Make an ed25519 key pair to sign expert packages (never overwrites)."""
+    from .packages import keygen_main
+
+    keygen_main(out_dir, typer.echo, name=key_name)
 
 
 @app.command()
