@@ -232,6 +232,17 @@ def test_the_runner_needs_neither_manyfold_nor_torch(asm, texts, tmp_path):
     assert [o[0] for o in out] == [p.label for p in asm.predict(texts[:20], escalate=False)]
 
 
+def test_the_docs_show_the_runner_as_it_is_and_it_stays_short():
+    text = RUNNER.read_text()
+    assert "```python\n" + text + "```" in (RUNNER.parent / "export.md").read_text()
+    tree = ast.parse(text)
+    docs = {n for node in ast.walk(tree) if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            and ast.get_docstring(node) for n in range(node.body[0].lineno, node.body[0].end_lineno + 1)}
+    code = [i for i, line in enumerate(text.splitlines(), 1) if line.strip() and not line.strip().startswith("#")
+            and i not in docs]
+    assert len(code) <= 72, len(code)  # ~55 for the forward pass, ~15 for the numpy hashing encoder
+
+
 @pytest.mark.slow
 def test_minilm_export(tiny_ds, tmp_path):
     """The real MiniLM: float32 gives the library's answers; int8 nearly all of them; minilm-onnx likewise."""
