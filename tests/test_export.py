@@ -196,6 +196,13 @@ def test_refusals_leave_the_folder_as_it_was(asm, tmp_path):
     assert not (tmp_path / "bad").exists() and not (tmp_path / "concat").exists()
 
 
+def test_without_onnx_the_error_says_what_to_install(asm, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    with pytest.raises(manyfold.DependencyError, match=r'pip install "manyfold\[export\]"'):
+        export_assembly(asm, tmp_path / "edge")
+    assert not (tmp_path / "edge").exists()
+
+
 def test_a_new_export_replaces_a_previous_one(asm, tmp_path):
     folder = export_assembly(asm, tmp_path / "edge")
     (folder / "stale.onnx").write_bytes(b"old")

@@ -343,7 +343,8 @@ def _export_st(enc: Any, folder: Path) -> dict[str, Any]:
     # the trace needs a padded row: the attention-mask path must be recorded, not folded away
     probe = [enc._prefix + t for t in ("a short text", "a longer text so that the first one is padded in the batch")]
     batch = tok(probe, padding=True, truncation=True, return_tensors="pt")
-    args = (batch["input_ids"].to(torch.int64), batch["attention_mask"].to(torch.int64))
+    device = next(net.parameters()).device  # traced where the model is (the graph itself is device-free)
+    args = (batch["input_ids"].to(device, torch.int64), batch["attention_mask"].to(device, torch.int64))
     pooled = Pooled().eval()
     path = folder / "encoder.onnx"
     axes = {"input_ids": {0: "N", 1: "T"}, "attention_mask": {0: "N", 1: "T"}, "embedding": {0: "N"}}
@@ -351,11 +352,14 @@ def _export_st(enc: Any, folder: Path) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         torch.onnx.export(pooled, args, str(path), dynamo=False, input_names=["input_ids", "attention_mask"],
                           output_names=["embedding"], dynamic_axes=axes, opset_version=OPSET)
-        want = pooled(*args).numpy()
-    _check_encoder(path, args[0].numpy(), args[1].numpy(), want)
+        want = pooled(*args).cpu().numpy()
+    _check_encoder(path, args[0].cpu().numpy(), args[1].cpu().numpy(), want)
+    max_length = int(transformer.max_seq_length or 0)
+    if not 0 < max_length <= 1 << 20:  # a tokenizer without a real limit: the model's positions are the limit
+        max_length = int(net.config.max_position_embeddings)
     atomic_write_bytes(folder / "tokenizer.json", _tokenizer_json(enc, tok))
     return {"kind": "onnx", "spec": enc.spec, "id": enc.id, "dim": int(want.shape[1]), "file": "encoder.onnx",
-            "tokenizer": "tokenizer.json", "max_length": int(transformer.max_seq_length), "pad_id": int(tok.pad_token_id),
+            "tokenizer": "tokenizer.json", "max_length": max_length, "pad_id": int(tok.pad_token_id),
             "pad_token": str(tok.pad_token), "prefix": enc._prefix, "normalize": bool(normalize), "pooling": "mean"}
 
 
