@@ -13,8 +13,8 @@ The folder :func:`export_assembly` writes (atomically: a crash leaves the old fo
 
 The answers are those of ``Assembly.predict(items, escalate=False)`` (``manyfold predict
 --no-escalate``): the generalist stays behind. ``docs/edge_runner.py`` is the reference runner (numpy,
-onnxruntime and, for a transformer encoder, tokenizers). Graphs are opset 17, IR version 8, so any
-onnxruntime >= 1.17 runs them.
+onnxruntime and, for a transformer encoder, tokenizers). Graphs are opset 17, IR version 8 (the
+``minilm-onnx`` encoder keeps its IR 10), so any onnxruntime >= 1.17 runs them.
 
 int8 (``assembly.json`` says which files are int8 and how): the encoder, and every head whose largest
 weight matrix holds at least :data:`INT8_MIN_WEIGHTS` numbers (a smaller one would save little), in one of
