@@ -793,6 +793,23 @@ def fold_cmd(name: str = typer.Argument(..., help="registry name of the assembly
     fold_main(name, into, None, kind=kind, dataset=dataset, data_dir=data_dir, echo=typer.echo)
 
 
+@app.command("export")
+def export_cmd(name: str = typer.Argument(..., help="registry name of the assembly"),
+               onnx: bool = typer.Option(True, "--onnx", help="export as ONNX graphs + one JSON (the only format)"),
+               out: str = typer.Option(..., "-o", "--output", help="the folder to write (replaced if it holds an export)"),
+               int8: bool = typer.Option(False, "--int8", help="int8 weights for the big graphs (about 4x smaller)"),
+               int8_dynamic: bool = typer.Option(False, "--int8-dynamic", help="onnxruntime's dynamic int8 quantisation "
+                                                 "instead (int8 arithmetic; less exact)"),
+               version: Optional[int] = typer.Option(None, help="registry version (default: latest)")) -> None:
+    """Export an assembly for the edge: encoder, router, experts and out-of-scope detector as ONNX graphs plus one
+    JSON, runnable with onnxruntime and numpy alone (docs/edge_runner.py); the generalist stays behind."""
+    from .export import export_main
+
+    if int8 and int8_dynamic:
+        raise ConfigError("--int8 and --int8-dynamic are two ways to quantise; give one")
+    export_main(name, out, "dynamic" if int8_dynamic else int8, typer.echo, version=version)
+
+
 @app.command()
 def bench(dataset: str = typer.Argument("clinc150", help="dataset name"),
           quick: bool = typer.Option(False, "--quick", help="a subset and fewer repeats"),
