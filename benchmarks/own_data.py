@@ -74,8 +74,8 @@ def drop_labels(ds: Dataset, labels: set[str], splits: tuple[str, ...] = ("train
     for name, s in ds.splits.items():
         new[name] = s.take(np.nonzero(~np.isin(s.labels, list(labels)))[0]) if name in splits else s
     l2d = {k: v for k, v in ds.label_to_domain.items() if k not in labels} if ds.label_to_domain else {}
-    oos = ds.oos_label if ds.oos_label not in labels else None
-    return Dataset(ds.name, new, l2d, oos, ds.modality, ds.info)
+    # the out-of-scope label stays the data's: the test split still holds out-of-scope items
+    return Dataset(ds.name, new, l2d, ds.oos_label, ds.modality, ds.info)
 
 
 def warm(ds: Dataset, specs: list[str]) -> None:
