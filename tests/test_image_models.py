@@ -336,6 +336,7 @@ def test_augment_shifts_and_flips():
     ({"dropout": 1.0}, "dropout"),
     ({"input_size": 2}, "input_size"),
     ({"max_seconds": 0}, "max_seconds"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
 ])
 def test_cnn_bad_parameters(kw, message, data):
     (x, y), _ = data
