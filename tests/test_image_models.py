@@ -298,6 +298,14 @@ def test_cnn_rgb_resized_and_augmented(data):
     assert est.net_[0].in_channels == 3
 
 
+def test_cnn_flip_predictions_are_mirror_invariant(data):
+    (x, y), _ = data
+    est = small(epochs=1, augment="flip").fit(x[:90], y[:90])
+    np.testing.assert_array_equal(est.predict_proba(x[:10]), est.predict_proba(x[:10, :, ::-1].copy()))
+    plain = small(epochs=1).fit(x[:90], y[:90])
+    assert not np.array_equal(plain.predict_proba(x[:10]), plain.predict_proba(x[:10, :, ::-1].copy()))
+
+
 def test_cnn_on_epoch_sees_every_epoch(data):
     (x, y), (xv, yv) = data
     seen = []
@@ -328,6 +336,7 @@ def test_augment_shifts_and_flips():
     ({"dropout": 1.0}, "dropout"),
     ({"input_size": 2}, "input_size"),
     ({"max_seconds": 0}, "max_seconds"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
 ])
 def test_cnn_bad_parameters(kw, message, data):
     (x, y), _ = data
