@@ -287,7 +287,8 @@ def markdown(res: dict[str, Any]) -> str:
          f"Small encoder: `{res['small']}`; generalist: `{res['generalist']}`. Library defaults everywhere "
          "(escalation objective `knee`, no cap). *closed*: argmax over known labels; *open*: an in-scope item "
          "called out-of-scope counts as an error; *routing top-k*: the true label's expert among the experts an item "
-         "is routed to. Fit seconds exclude encoding (cached vectors).", ""]
+         "is routed to. Fit seconds exclude encoding (cached vectors); they were measured while other jobs shared the two "
+         "cores (see each part's load at start), so compare them within a table, not across runs.", ""]
     if "grouping" in res:
         L += ["## Automatic grouping vs one flat head vs the true domains", "", _run_line(res["grouping"]), ""]
         for key, r in res["grouping"].items():
