@@ -183,7 +183,9 @@ def write(report: dict[str, Any], out_dir: Path, kind: str) -> None:
         "",
         f"**Median test accuracy {s['median_test_accuracy']:.4f}** (target {s['target_accuracy']:.3f}: "
         f"{'met' if s['meets_accuracy'] else 'NOT met'}), median training time {s['median_train_seconds']:.0f} s "
-        f"(budget {report['time_budget']:.0f} s: {'met' if s['meets_time'] else 'NOT met'}).",
+        + (f"(budget {report['time_budget']:.0f} s: {'met' if s['meets_time'] else 'NOT met'})."
+           if report["time_budget"] else "(no time budget).") + (
+            f" Median CPU seconds {s['median_cpu_seconds']:.0f}." if "median_cpu_seconds" in s else ""),
         "",
     ]
     if report.get("serving"):
@@ -263,6 +265,7 @@ def main() -> None:
         "summary": {
             "median_test_accuracy": float(np.median(accs)), "min_test_accuracy": float(min(accs)),
             "max_test_accuracy": float(max(accs)), "median_train_seconds": float(np.median(secs)),
+            "median_cpu_seconds": float(np.median([r["fit_cpu_seconds"] for r in results])),
             "target_accuracy": target, "meets_accuracy": bool(np.median(accs) >= target),
             "meets_time": bool(np.median(secs) <= budget),
         },

@@ -316,14 +316,14 @@ class CNNExpert(BaseEstimator):
                 perm = torch.randperm(n, generator=gen)
                 loss_sum, seen = 0.0, 0
                 for s in range(0, n, bs):
-                    idx = perm[s:s + bs]
-                    xb = self._to_input(self._augment(x_all[idx], shift, flip, gen))
                     progress = step / total
                     if self.max_seconds is not None:
                         progress = max(progress, (time.perf_counter() - t0 - paused) / float(self.max_seconds))
                     if progress >= 1.0 and step:  # at least one step, so there is a model
                         out_of_time = True
                         break
+                    idx = perm[s:s + bs]
+                    xb = self._to_input(self._augment(x_all[idx], shift, flip, gen))
                     loss = torch.nn.functional.cross_entropy(net(xb), y_all[idx],
                                                              label_smoothing=float(self.label_smoothing))
                     loss.backward()
