@@ -55,6 +55,7 @@ class EdgeModel:
         self.router, self.oos = onnx(m["router"]["file"]), onnx(m["oos"]["file"])
         self.experts, self.cols = [onnx(x["file"]) for x in m["experts"]], [np.array(x["columns"]) for x in m["experts"]]
         self.centroids = np.load(d / m["oos"]["centroids"])
+        self.prototypes = np.load(d / m["oos"]["prototypes"]) if m["oos"].get("prototypes") else None
 
     def encode(self, texts):
         e = self.m["encoder"]
@@ -76,10 +77,11 @@ class EdgeModel:
             rows, slot = np.nonzero(idx == j)
             p[rows[:, None], self.cols[j]] += w[rows, slot][:, None] * self.experts[j].run(None, {"x": x[rows]})[0]
         c = np.clip(p, 1e-12, 1.0)
-        sims = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) @ self.centroids.T
+        sims = (u := x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)) @ self.centroids.T
         top2 = -np.sort(-sims, 1)[:, :2] if sims.shape[1] > 1 else np.repeat(sims, 2, 1)
-        f = np.stack([np.log(c.max(1)), -(c * np.log(c)).sum(1), top2[:, 0], top2[:, 1],
-                      np.log(np.clip(pr.max(1), 1e-9, 1))], 1).astype(np.float32)
+        cols = [np.log(c.max(1)), -(c * np.log(c)).sum(1), top2[:, 0], top2[:, 1], np.log(np.clip(pr.max(1), 1e-9, 1))]
+        near = [] if self.prototypes is None else [(u @ self.prototypes.T).max(1)]  # nearest prototype's cosine
+        f = np.stack(cols + near, 1).astype(np.float32)
         return x, p, self.oos.run(None, {"x": f})[0]
 
     def predict(self, texts):

@@ -78,6 +78,21 @@ def test_runner_matches_predict_without_escalation(asm, texts, tmp_path):
     np.testing.assert_array_equal(runner.load(folder).encode(texts), asm.encoder.encode(texts))
 
 
+def test_assembly_calibrated_without_out_of_scope_items_exports_its_prototypes(tiny_ds, tmp_path):
+    keep = {s: np.asarray(tiny_ds.split(s).labels) != tiny_ds.oos_label for s in tiny_ds.split_names}
+    ds = manyfold.Dataset("tiny-no-oos", {s: manyfold.Split([t for t, k in zip(tiny_ds.split(s).items, keep[s]) if k],
+                                                          np.asarray(tiny_ds.split(s).labels)[keep[s]])
+                                          for s in tiny_ds.split_names}, tiny_ds.label_to_domain, None)
+    asm = manyfold.assemble(ds, encoder="hashing:dim=256", generalist=None, cache=False)
+    assert asm.policy_.oos_method_ == "held_out_labels" and asm.policy_.prototypes_ is not None
+    folder = export_assembly(asm, tmp_path / "edge")
+    meta = json.loads((folder / "assembly.json").read_text())
+    assert meta["oos"]["features"][-1] == export_onnx.PROTOTYPE_FEATURE and meta["oos"]["prototypes"] == "prototypes.npy"
+    np.testing.assert_array_equal(np.load(folder / "prototypes.npy"), asm.policy_.prototypes_)
+    texts = list(tiny_ds.split("test").items)[::5][:200]  # out-of-scope items among them: unknowns to this assembly
+    _parity(asm, folder, texts)
+
+
 def test_out_of_scope_calls_match_when_half_the_items_are_called(asm, texts, tmp_path):
     scores = asm.forward(asm.encoder.encode(texts), escalate=False).oos_score
     half = copy.copy(asm)
@@ -247,7 +262,7 @@ def test_the_docs_show_the_runner_as_it_is_and_it_stays_short():
             and ast.get_docstring(node) for n in range(node.body[0].lineno, node.body[0].end_lineno + 1)}
     code = [i for i, line in enumerate(text.splitlines(), 1) if line.strip() and not line.strip().startswith("#")
             and i not in docs]
-    assert len(code) <= 72, len(code)  # ~55 for the forward pass, ~15 for the numpy hashing encoder
+    assert len(code) <= 74, len(code)  # ~57 for the forward pass (with the prototype signal), ~15 for the hashing encoder
 
 
 @pytest.mark.slow

@@ -172,6 +172,10 @@ def test_no_out_of_scope_items_still_calibrates_and_abstains():
     assert cal["oos_method"] == "held_out_labels" and cal["held_out_folds"] == 5
     assert cal["val_oos_recall"] is None and 0.0 <= cal["val_unknown_recall_simulated"] <= 1.0
     assert asm.policy_.detector2_ is not None  # the generalist was simulated too
+    protos = asm.policy_.prototypes_  # the nearest-prototype signal: unit rows, at least one per label
+    assert protos is not None and protos.shape[1] == 256 and len(protos) >= len(asm.labels_)
+    np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, atol=1e-5)
+    assert asm.policy_.detector1_.n_features_in_ == 6
     rng = np.random.default_rng(5)
     unknown = [" ".join(rng.choice([f"q{j}" for j in range(30)], size=5)) for _ in range(40)]
     te = ds.split("test")
@@ -183,6 +187,37 @@ def test_no_out_of_scope_items_still_calibrates_and_abstains():
     rep = asm.evaluate(list(te.items), te.labels)
     assert rep["oos_auroc"] is None and "no out-of-scope items" in rep["not_measured"]["oos_auroc"]
     assert rep["in_scope_accuracy_closed"] > 0.9
+
+
+def test_nearest_prototype_cosine_known_answer():
+    from manyfold._heldout import label_prototypes
+    from manyfold._policy import nearest_prototype_cosine
+
+    P = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    X = np.array([[2.0, 0.0], [1.0, 1.0], [-1.0, 0.0]], np.float32)
+    np.testing.assert_allclose(nearest_prototype_cosine(X, P), [1.0, np.sqrt(0.5), 0.0], atol=1e-6)
+    # two tight clusters for label a, one for b; a label with 2 items gets one prototype, its mean's direction
+    X = np.array([[1, 0, 0], [1, .01, 0], [1, 0, .01], [0, 1, 0], [.01, 1, 0], [0, 1, .01],
+                  [0, 0, 1], [.01, 0, 1], [0, .01, 1], [1, 1, 1], [1, 1, 0.9]], np.float32)
+    y = np.array(["a"] * 6 + ["b"] * 3 + ["c"] * 2)
+    protos, idx = label_prototypes(X, y, ["a", "b", "c"], per_label=10)
+    assert idx.tolist() == [0, 0, 1, 2]
+    assert sorted(np.round(protos[:2].argmax(1)).tolist()) == [0, 1]
+    np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, atol=1e-6)
+
+
+def test_prototypes_survive_the_registry_and_are_absent_with_examples(tmp_path):
+    ds = toy_dataset(oos=None)
+    asm = manyfold.assemble(ds, encoder=ENC, generalist=None, cache=False)
+    reg = manyfold.Registry(tmp_path / "reg")
+    reg.save(asm, "toy")
+    back = reg.load("toy")
+    np.testing.assert_array_equal(back.policy_.prototypes_, asm.policy_.prototypes_)
+    te = ds.split("test")
+    assert [p.oos_score for p in back.predict(list(te.items))] == pytest.approx(
+        [p.oos_score for p in asm.predict(list(te.items))], abs=1e-6)
+    with_examples = manyfold.assemble(toy_dataset(), encoder=ENC, generalist=None, cache=False)
+    assert with_examples.policy_.prototypes_ is None and with_examples.policy_.detector1_.n_features_in_ == 5
 
 
 def test_the_datasets_out_of_scope_label_is_honoured():

@@ -9,6 +9,12 @@ proxies; validation items of the other labels are the knowns. Their stage-1
 (and stage-2) features train the out-of-scope detectors; see
 :mod:`manyfold._policy`.
 
+Without out-of-scope examples, stage 1 gets one more signal: the cosine to the
+nearest label prototype (up to :data:`PROTOTYPES_PER_LABEL` spherical k-means
+centres per label, the same clustering as a package's routing summary). In the
+folds it compares with the kept labels' prototypes only, as at serving time it
+compares with the known labels'.
+
 What it costs: one linear head per fold (and one generalist head per fold).
 What it assumes: an unknown at serving time looks, to the assembly, like an
 unseen label looks to a model of the same kind - the classic leave-classes-out
@@ -26,9 +32,38 @@ from ._features import label_centroids
 from ._heads import HeadSpec, fit_temperature, head_logits, softmax, train_head
 from ._policy import SimulatedUnknowns, stage1_features
 
-__all__ = ["simulate_unknowns", "N_FOLDS"]
+__all__ = ["simulate_unknowns", "label_prototypes", "N_FOLDS", "PROTOTYPES_PER_LABEL"]
 
 N_FOLDS = 5
+PROTOTYPES_PER_LABEL = 10
+
+
+def label_prototypes(X: np.ndarray, y: np.ndarray, labels: Sequence[str], *, per_label: int = PROTOTYPES_PER_LABEL,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(prototypes, label index of each): spherical k-means centres of each label's vectors, unit rows.
+
+    A label with fewer than 3 distinct vectors gets one prototype, the
+    direction of its mean (k-means needs a few items per cluster).
+    """
+    from .packages._summary import MIN_ITEMS, _label_prototypes
+
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y).astype(str)
+    X = np.asarray(X, np.float32)
+    protos, index = [], []
+    for i, lab in enumerate(labels):
+        V = X[y == lab]
+        if len(V) == 0:
+            continue
+        if len(np.unique(V, axis=0)) >= MIN_ITEMS:
+            P = _label_prototypes(V, per_label, rng, lab)[0]
+        else:
+            P = V.mean(0, keepdims=True)
+        protos.append(P)
+        index.append(np.full(len(P), i))
+    P = np.concatenate(protos).astype(np.float32)
+    P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
+    return P, np.concatenate(index)
 
 
 def _can_refit_on_vectors(g: Any) -> bool:
@@ -51,6 +86,8 @@ def simulate_unknowns(asm: Any, X_tr: np.ndarray, y_tr: np.ndarray, train_items:
     if gen_sim:
         G_tr = np.asarray(g.encode(list(train_items)), np.float32)
         G_va = np.asarray(g.encode(list(val_items)), np.float32)
+    protos, proto_label = label_prototypes(X_tr, y_tr, labels.tolist(), seed=seed)
+    proto_label = labels[proto_label]
     F1s, unk, fgs = [], [], []
     for fold in folds:
         held = np.isin(y_tr, fold)
@@ -67,11 +104,12 @@ def simulate_unknowns(asm: Any, X_tr: np.ndarray, y_tr: np.ndarray, train_items:
         member[np.arange(len(kept)), [experts.index(expert_of[lab]) for lab in kept.tolist()]] = 1.0
         rows = np.concatenate([X_tr[held], X_val[held_va], X_val[~held_va]])
         p = softmax(head_logits(params, rows) / temp)
-        F1s.append(stage1_features(p, rows, cents, p @ member))
+        F1s.append(stage1_features(p, rows, cents, p @ member, protos[~np.isin(proto_label, fold)]))
         unk.append(np.r_[np.ones(int(held.sum() + held_va.sum()), bool), np.zeros(int((~held_va).sum()), bool)])
         if gen_sim:
             proxy = type(g)(**{**g.get_params(), "max_iter": min(int(g.get_params().get("max_iter", 150)), 150)})
             proxy.fit(y=y_tr[~held], features=G_tr[~held], features_val=G_va[~held_va], y_val=y_val[~held_va])
             fgs.append(proxy.signals_features(np.concatenate([G_tr[held], G_va[held_va], G_va[~held_va]]))[1])
     return SimulatedUnknowns(F1=np.concatenate(F1s).astype(np.float32), is_unknown=np.concatenate(unk),
-                             fg=np.concatenate(fgs).astype(np.float32) if gen_sim else None, n_folds=len(folds))
+                             fg=np.concatenate(fgs).astype(np.float32) if gen_sim else None, n_folds=len(folds),
+                             prototypes=protos)

@@ -43,10 +43,10 @@ import numpy as np
 from ._components import register_component
 from ._estimator import BaseEstimator, check_fitted
 from ._exceptions import ArtifactError, ConfigError
-from ._features import confidence_features
+from ._features import confidence_features, normalise_rows
 from ._oos import OOSDetector
 
-__all__ = ["EscalationPolicy", "PoolSignals", "SimulatedUnknowns", "stage1_features", "NEVER", "MIN_OOS_PROBA",
+__all__ = ["EscalationPolicy", "PoolSignals", "SimulatedUnknowns", "stage1_features", "nearest_prototype_cosine", "NEVER", "MIN_OOS_PROBA",
            "OBJECTIVES", "OOS_CALIBRATIONS"]
 
 #: a threshold on a probability that is never reached (JSON has no infinity)
@@ -60,10 +60,24 @@ BUDGET_GRID = tuple(sorted({round(float(b), 3) for b in (*np.arange(0.0, 0.30001
 _THRESHOLDS = ("confidence_threshold", "escalate_oos_threshold", "oos_threshold_small", "oos_threshold_escalated")
 
 
-def stage1_features(proba: np.ndarray, X: np.ndarray, centroids: np.ndarray, router_proba: np.ndarray) -> np.ndarray:
-    """The stage-1 out-of-scope signals: confidence features plus the router's log max probability."""
-    return np.concatenate([confidence_features(proba, X, centroids),
-                           np.log(np.clip(router_proba.max(1, keepdims=True), 1e-9, 1))], 1)
+def stage1_features(proba: np.ndarray, X: np.ndarray, centroids: np.ndarray, router_proba: np.ndarray,
+                    prototypes: np.ndarray | None = None) -> np.ndarray:
+    """The stage-1 out-of-scope signals: confidence features plus the router's log max probability.
+
+    With ``prototypes`` (unit rows; several per label), one more column: the
+    cosine to the nearest prototype. A label's items rarely sit in one round
+    cloud, so the nearest of a few cluster centres says "like something seen"
+    better than the distance to the label's mean does.
+    """
+    cols = [confidence_features(proba, X, centroids), np.log(np.clip(router_proba.max(1, keepdims=True), 1e-9, 1))]
+    if prototypes is not None:
+        cols.append(nearest_prototype_cosine(X, prototypes)[:, None])
+    return np.concatenate(cols, 1)
+
+
+def nearest_prototype_cosine(X: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Per row of ``X``: the largest cosine to any row of ``prototypes`` (unit rows)."""
+    return (normalise_rows(np.asarray(X, np.float32)) @ np.asarray(prototypes, np.float32).T).max(1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +107,8 @@ class SimulatedUnknowns:
     is_unknown: np.ndarray
     fg: np.ndarray | None = None
     n_folds: int = 0
+    #: the prototypes (unit rows, several per label, all labels) whose nearest cosine is the last column of ``F1``
+    prototypes: np.ndarray | None = None
 
 
 def _quantile(v: np.ndarray, q: float) -> float:
@@ -104,7 +120,8 @@ class EscalationPolicy(BaseEstimator):
     """Out-of-scope detection and escalation, calibrated on held-out data (see the module docstring).
 
     After ``fit``: ``thresholds_`` (dict), ``fusion_weight_``, ``centroids_``,
-    ``detector1_``, ``detector2_`` (None without a generalist or when it cannot
+    ``prototypes_`` (label prototypes for the nearest-prototype signal; held-out-label
+    calibration only, else None), ``detector1_``, ``detector2_`` (None without a generalist or when it cannot
     be simulated), ``oos_method_``, ``report_`` (the validation figures and the
     curve the budget was chosen on).
     """
@@ -159,11 +176,13 @@ class EscalationPolicy(BaseEstimator):
             raise ConfigError("oos_calibration='held_out_labels' needs simulated unknowns (at least 3 labels)")
         self.centroids_ = np.asarray(centroids, np.float32)
         self.oos_method_ = method
+        self.prototypes_ = (np.asarray(simulated.prototypes, np.float32)
+                            if method == "held_out_labels" and simulated.prototypes is not None else None)
         self.thresholds_ = {"confidence_threshold": 0.0, "escalate_oos_threshold": NEVER, "oos_threshold_small": NEVER,
                             "oos_threshold_escalated": NEVER}
         self.fusion_weight_ = 0.5
         self.detector2_ = None
-        F1 = stage1_features(pool.proba, pool.X, self.centroids_, pool.router_proba)
+        F1 = stage1_features(pool.proba, pool.X, self.centroids_, pool.router_proba, self.prototypes_)
         if method == "examples":
             self.detector1_ = OOSDetector().fit(F1, t)
         else:
@@ -291,7 +310,7 @@ class EscalationPolicy(BaseEstimator):
         """Stage 1: ``features``, ``oos_score``, ``is_oos``, ``escalated`` and ``reason`` per row."""
         check_fitted(self, "thresholds_")
         th = self.thresholds_
-        F1 = stage1_features(proba, X, self.centroids_, router_proba)
+        F1 = stage1_features(proba, X, self.centroids_, router_proba, getattr(self, "prototypes_", None))
         oos1 = self.detector1_.predict_proba(F1)
         n = len(X)
         esc = np.zeros(n, bool)
@@ -342,7 +361,8 @@ class EscalationPolicy(BaseEstimator):
         config = {"type": "EscalationPolicy", "params": self.get_params(), "detectors": det_cfg,
                   "thresholds": {k: float(v) for k, v in self.thresholds_.items()},
                   "fusion_weight": float(self.fusion_weight_), "oos_method": self.oos_method_, "report": self.report_}
-        return config, {"centroids": self.centroids_, **det_arr}
+        protos = getattr(self, "prototypes_", None)
+        return config, {"centroids": self.centroids_, **({"prototypes": protos} if protos is not None else {}), **det_arr}
 
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> EscalationPolicy:
@@ -362,6 +382,7 @@ class EscalationPolicy(BaseEstimator):
         if "centroids" not in arrays or "detector1" not in config["detectors"]:
             raise ArtifactError("an escalation policy without centroids or a stage-1 detector")
         est.centroids_ = np.asarray(arrays["centroids"], np.float32)
+        est.prototypes_ = np.asarray(arrays["prototypes"], np.float32) if "prototypes" in arrays else None
         dets = {}
         for k, cfg in config["detectors"].items():
             dets[k] = OOSDetector.from_state(cfg, {a.split(".", 1)[1]: v for a, v in arrays.items() if a.startswith(k + ".")})

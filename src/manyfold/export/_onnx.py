@@ -10,6 +10,8 @@ The folder :func:`export_assembly` writes (atomically: a crash leaves the old fo
     expert_000.onnx    x [N, d] -> p(label | x) [N, C], one per expert, numbered in the router's order
     oos.onnx           the 5 stage-1 signals [N, 5] -> p(out of scope) [N] (standardisation + logistic regression)
     centroids.npy      the label centroids the stage-1 signals compare with
+    prototypes.npy     (calibrated without out-of-scope examples only) label prototypes: one more signal,
+                       the cosine to the nearest
 
 The answers are those of ``Assembly.predict(items, escalate=False)`` (``manyfold predict
 --no-escalate``): the generalist stays behind. ``docs/edge_runner.py`` is the reference runner (numpy,
@@ -43,7 +45,8 @@ import numpy as np
 from .._exceptions import ArtifactError, ConfigError, missing_dependency
 from .._io import atomic_dir, atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
-__all__ = ["export_assembly", "export_main", "FORMAT", "OPSET", "INT8_MODES", "INT8_MIN_WEIGHTS", "STAGE1_FEATURES"]
+__all__ = ["export_assembly", "export_main", "FORMAT", "OPSET", "INT8_MODES", "INT8_MIN_WEIGHTS", "STAGE1_FEATURES",
+           "PROTOTYPE_FEATURE"]
 
 #: the format of ``assembly.json`` this module writes
 FORMAT = 1
@@ -58,6 +61,8 @@ INT8_MIN_WEIGHTS = 65536
 _ENCODER_MIN_WEIGHTS = 16384  # the encoder's embedding tables and layer weights (not the tiny token-type table)
 #: the columns of ``oos.onnx``'s input, in order (see :func:`manyfold._policy.stage1_features`)
 STAGE1_FEATURES = ("log_max_proba", "entropy", "centroid_cosine_1", "centroid_cosine_2", "router_log_max_proba")
+#: the extra last column when the policy keeps label prototypes (``oos_calibration="held_out_labels"``)
+PROTOTYPE_FEATURE = "nearest_prototype_cosine"
 _KIND = "manyfold-edge-export"
 _HASHING_RECIPE = 1  # the HashingEncoder recipe version docs/edge_runner.py reimplements
 _SUPPORTED_ENCODERS = "hashing, minilm, mpnet, minilm-onnx, or a sentence-transformers model with mean pooling"
@@ -508,6 +513,11 @@ def export_assembly(asm: Any, out_dir: str | Path, *, int8: bool | str = False) 
         buf = io.BytesIO()
         np.save(buf, np.asarray(policy.centroids_, np.float32), allow_pickle=False)
         atomic_write_bytes(tmp / "centroids.npy", buf.getvalue())
+        protos = getattr(policy, "prototypes_", None)
+        if protos is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(protos, np.float32), allow_pickle=False)
+            atomic_write_bytes(tmp / "prototypes.npy", buf.getvalue())
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = getattr(asm, "manifest_", None) or {}
         meta = {
@@ -521,7 +531,9 @@ def export_assembly(asm: Any, out_dir: str | Path, *, int8: bool | str = False) 
             "max_chars": int(asm.config.max_chars),
             "thresholds": {k: float(v) for k, v in policy.thresholds_.items()},
             "encoder": encoder, "router": router_entry, "experts": experts,
-            "oos": {"file": "oos.onnx", "centroids": "centroids.npy", "features": list(STAGE1_FEATURES),
+            "oos": {"file": "oos.onnx", "centroids": "centroids.npy",
+                    **({"prototypes": "prototypes.npy"} if protos is not None else {}),
+                    "features": [*STAGE1_FEATURES, *([PROTOTYPE_FEATURE] if protos is not None else [])],
                     "threshold": float(policy.thresholds_["oos_threshold_small"]),
                     "rule": "is_oos = p_oos >= threshold (thresholds.oos_threshold_small)"},
             "int8": {"mode": mode, "files": [p["file"] for p in (encoder, router_entry, *experts) if p.get("int8")]},
