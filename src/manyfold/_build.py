@@ -62,6 +62,33 @@ def _check_expert_map(expert_map: dict[str, str], labels: Sequence[str]) -> dict
     return {lab: expert_map[lab] for lab in labels}
 
 
+#: expert constructor arguments that :func:`assemble` sets itself
+_OWN_EXPERT_PARAMS = ("name", "domain", "description")
+
+
+def _check_expert_params(expert_kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """``params`` checked against the constructor of ``expert_kind``'s experts (names and values), before any work."""
+    from .experts import CNNExpert
+
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"expert_params must be a dict of expert constructor arguments, got {type(params).__name__}")
+    cls = CNNExpert if expert_kind == "cnn" else HeadExpert
+    valid = [p for p in cls._param_names() if p not in _OWN_EXPERT_PARAMS and not (cls is HeadExpert and p == "kind")]
+    bad = sorted(set(params) - set(valid))
+    if bad:
+        raise ConfigError(f"unknown expert_params {bad} for {expert_kind} experts; valid choices: {', '.join(valid)}")
+    probe = cls("probe", **params) if cls is CNNExpert else cls("probe", kind=expert_kind, **params)
+    if isinstance(probe, CNNExpert):
+        probe._check_params()
+    else:
+        from ._heads import HeadSpec
+
+        HeadSpec(kind=probe.kind, l2=probe.l2, hidden=probe.hidden, max_iter=probe.max_iter, seed=probe.seed)
+    return dict(params)
+
+
 def assemble(
     dataset: Any,
     *,
@@ -73,6 +100,7 @@ def assemble(
     generalist_domains: str = "experts",
     n_experts: int | None = None,
     expert_map: dict[str, str] | None = None,
+    expert_params: dict[str, Any] | None = None,
     config: AssemblyConfig = AssemblyConfig(),
     cache: EmbeddingCache | None | bool = True,
     show_progress: bool = False,
@@ -97,6 +125,10 @@ def assemble(
     experts' domains only; ``"all"`` on every domain of ``dataset`` (a big model
     that already knows domains the experts do not cover yet, the teacher of
     ``manyfold experts add --from-generalist``).
+    ``expert_params``: constructor arguments given to every expert, e.g.
+    ``{"max_seconds": 120}`` (a training-time cap per CNN expert) or
+    ``{"l2": 1e-4}`` (heads); the name, domain and description are the
+    assembly's to set.
     Every option, name and label is checked before anything is encoded.
     """
     from ._validation import check_modality
@@ -119,6 +151,7 @@ def assemble(
     if expert_kind == "cnn" and modality != "image":
         raise ConfigError(f"expert kind 'cnn' reads images, and dataset {dataset.name!r} holds {modality}; "
                           "valid choices for text: linear, mlp")
+    expert_params = _check_expert_params(expert_kind, expert_params)
     if n_experts is not None and (isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1):
         raise ConfigError(f"n_experts must be a positive integer, got {n_experts!r}")
     oos = config.oos_label
@@ -191,9 +224,9 @@ def assemble(
         if expert_kind == "cnn":
             from .experts import CNNExpert
 
-            experts.append(CNNExpert(d, domain=dom, description=desc))
+            experts.append(CNNExpert(d, domain=dom, description=desc, **expert_params))
         else:
-            experts.append(HeadExpert(d, kind=expert_kind, domain=dom, description=desc))
+            experts.append(HeadExpert(d, **{"kind": expert_kind, **expert_params}, domain=dom, description=desc))
     # a linear router warm-starts its refits: adding an expert later costs seconds, not a fit from scratch
     asm = Assembly(enc, ROUTERS[router](warm_start=True) if router == "linear" else ROUTERS[router](), experts, gen, config)
     source = dataset.info.get("source") if isinstance(getattr(dataset, "info", None), dict) else None
