@@ -31,6 +31,8 @@ MIN_ITEMS = 3
 METHOD = "spherical k-means per label on unit-normalised vectors, >= 3 distinct items per prototype"
 _N_INIT = 4
 _MAX_ITER = 50
+#: the most distinct rows of one label for which k-means keeps their Gram matrix (32 MiB)
+_GRAM_MAX = 2048
 
 
 def _unit_rows(M: np.ndarray) -> np.ndarray:
@@ -38,32 +40,72 @@ def _unit_rows(M: np.ndarray) -> np.ndarray:
     return np.divide(M, norms, out=np.zeros_like(M), where=norms > 0)
 
 
-def _kmeans(U: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Weighted spherical k-means of the unit rows ``U`` (best of a few k-means++ runs): the assignment."""
+def _distinct_rows(U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(U, axis=0, return_counts=True)`` (the same rows in the same order), without its structured-dtype sort."""
+    keys = U.T[::-1]  # np.lexsort sorts by its last key first: column 0, then 1, ...
+    order = np.lexsort(keys[-4:])
+    Us = U[order]
+    if (Us[1:, :4] == Us[:-1, :4]).all(1).any():  # a tie on the first columns (duplicates): sort on all of them
+        order = np.lexsort(keys)
+        Us = U[order]
+    starts = np.flatnonzero(np.r_[True, (Us[1:] != Us[:-1]).any(1)])
+    return Us[starts], np.diff(np.r_[starts, len(U)])
+
+
+def _gram(U: np.ndarray) -> np.ndarray | None:
+    return U @ U.T if len(U) <= _GRAM_MAX else None
+
+
+def _kmeans(U: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator, G: np.ndarray | None = None) -> np.ndarray:
+    """Weighted spherical k-means of the unit rows ``U`` (best of a few k-means++ runs): the assignment.
+
+    A centre is the unit-normalised weighted sum of its rows, kept as coefficients ``C`` (n, k)
+    over the rows, so every cosine comes from the Gram matrix ``G = U @ U.T`` (None for a label
+    of more than :data:`_GRAM_MAX` distinct rows: ``U @ (U.T @ C)`` instead).
+    """
     n = len(U)
     if k == 1:
         return np.zeros(n, dtype=np.int64)
+
+    def dots(C: np.ndarray) -> np.ndarray:  # cosines of every row to every (unnormalised) centre
+        return G @ C if G is not None else U @ (U.T @ C)
+
+    def scores(C: np.ndarray) -> np.ndarray:
+        S = dots(C)
+        norms = np.sqrt(np.maximum((C * S).sum(0), 0.0))
+        return np.divide(S, norms, out=np.zeros_like(S), where=norms > 0)
+
+    rows = np.arange(n)
     best: tuple[float, np.ndarray] | None = None
     for _ in range(_N_INIT):
         first = int(rng.integers(n))
-        centres = [U[first]]
-        d2 = np.maximum(2.0 - 2.0 * (U @ U[first]), 0.0) * w
+        picked = [first]
+        d2 = np.maximum(2.0 - 2.0 * (G[first] if G is not None else U @ U[first]), 0.0) * w
         for _ in range(1, k):
             total = d2.sum()
-            nxt = int(rng.choice(n, p=d2 / total)) if total > 1e-12 else int(rng.integers(n))
-            centres.append(U[nxt])
-            d2 = np.minimum(d2, np.maximum(2.0 - 2.0 * (U @ U[nxt]), 0.0) * w)
-        M = np.array(centres)
+            if total > 1e-12:  # rng.choice(n, p=d2 / total), drawn the same way without its per-call checks
+                cdf = np.cumsum(d2 / total)
+                cdf /= cdf[-1]
+                nxt = min(int(cdf.searchsorted(rng.random(), side="right")), n - 1)
+            else:
+                nxt = int(rng.integers(n))
+            picked.append(nxt)
+            d2 = np.minimum(d2, np.maximum(2.0 - 2.0 * (G[nxt] if G is not None else U @ U[nxt]), 0.0) * w)
+        C = np.zeros((n, k))
+        C[picked, np.arange(k)] = 1.0
         assign = np.full(n, -1)
         for _ in range(_MAX_ITER):
-            new = (U @ M.T).argmax(1)
+            S = scores(C)
+            new = S.argmax(1)
             if np.array_equal(new, assign):
                 break
             assign = new
-            sums = np.zeros_like(M)
-            np.add.at(sums, assign, U * w[:, None])
-            M = np.where(np.bincount(assign, minlength=k)[:, None] > 0, _unit_rows(sums), M)
-        obj = float((w * (U * M[assign]).sum(1)).sum())
+            filled = np.bincount(assign, minlength=k) > 0
+            C[:, filled] = 0.0  # an empty cluster keeps its centre
+            C[rows, assign] = w
+        else:
+            S = scores(C)
+        obj = float((w * S[rows, assign]).sum())
         if best is None or obj > best[0] + 1e-9:
             best = (obj, assign)
     return best[1]  # type: ignore[index]
@@ -72,7 +114,7 @@ def _kmeans(U: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> n
 def _label_prototypes(V: np.ndarray, k_max: int, rng: np.random.Generator, label: str) -> tuple[np.ndarray, ...]:
     """Prototypes, weights and spreads of one label's vectors ``V`` (every cluster >= MIN_ITEMS distinct rows)."""
     U = _unit_rows(V.astype(np.float64))
-    distinct, mult = np.unique(U, axis=0, return_counts=True)
+    distinct, mult = _distinct_rows(U)
     if len(distinct) < MIN_ITEMS:
         raise ConfigError(
             f"label {label!r} has {len(distinct)} distinct item vector(s); a routing summary needs at least "
@@ -80,8 +122,9 @@ def _label_prototypes(V: np.ndarray, k_max: int, rng: np.random.Generator, label
             "leave the label out")
     w = mult.astype(np.float64)
     k = max(1, min(k_max, len(distinct) // MIN_ITEMS))
+    G = _gram(distinct) if k > 1 else None
     while True:
-        assign = _kmeans(distinct, w, k, rng)
+        assign = _kmeans(distinct, w, k, rng, G)
         sizes = np.bincount(assign, minlength=k)
         if k == 1 or sizes.min() >= MIN_ITEMS:
             break
