@@ -267,15 +267,22 @@ class Assembly:
         return evaluate(self, items, labels, escalate=escalate, unknown=unknown)
 
     def _change_experts(self, experts: list[Any], new: dict[str, str], data: tuple[Any, Any, Any, Any],
-                        show_progress: bool) -> "Assembly":
+                        show_progress: bool, summaries: dict[str, Any] | None = None) -> "Assembly":
+        """Refit over ``experts`` (``summaries``: the routing summaries to start from); on failure nothing changes."""
         from ._fit import fit_assembly
 
-        old = self.experts
+        old, had = self.experts, getattr(self, "summaries_", None)
         self.experts = experts
+        if summaries is not None:
+            self.summaries_ = summaries
         try:
             fit_assembly(self, *data, label_to_expert=new, show_progress=show_progress)
         except BaseException:
             self.experts = old
+            if had is None:
+                self.__dict__.pop("summaries_", None)
+            else:
+                self.summaries_ = had
             raise
         return self
 
@@ -284,9 +291,10 @@ class Assembly:
         """Add one expert; only the router and the policy are refitted, the other experts stay as they are.
 
         ``expert`` is fitted here unless it already is; ``labels`` (default: its
-        fitted ``labels_``) are the labels it owns. The data must cover every
-        expert's labels (the router learns to tell them apart) and may hold
-        out-of-scope items.
+        fitted ``labels_``) are the labels it owns. The data should cover every
+        expert's labels (the router learns to tell them apart from the items; an
+        expert left out is routed from its routing summary, and then every
+        expert is) and may hold out-of-scope items.
         """
         from .experts import check_name
 
@@ -300,19 +308,21 @@ class Assembly:
         if taken:
             raise ConfigError(f"labels {taken[:5]} already belong to other experts")
         return self._change_experts([*self.experts, expert], {lab: expert.name for lab in owned},
-                               (train_items, train_labels, val_items, val_labels), show_progress)
+                                    (train_items, train_labels, val_items, val_labels), show_progress)
 
     def install(self, package: Any, val_items: Sequence[Any], val_labels: Any, *, train_items: Sequence[Any] = (),
                 train_labels: Any = (), show_progress: bool = False) -> "Assembly":
         """Plug in an expert that came as a verified package (:func:`manyfold.packages.read_package`).
 
         Nothing of its training data is needed: the router is refitted from
-        every expert's routing summary (experts trained here are summarised
-        from ``train_items`` / ``train_labels`` the first time, then the summary
-        is kept), the policy on the validation items. The other experts stay as
-        they are. The same package twice, an expert name or a label already in
-        the assembly, another routing encoder or modality: a clear error, and
-        the assembly is unchanged.
+        every expert's routing summary (the experts trained here were
+        summarised when they were fitted; ``train_items`` / ``train_labels`` are
+        read only for an expert without a summary, e.g. of an assembly saved by
+        an older manyfold, and for their out-of-scope items), the policy on the
+        validation items. The other experts stay as they are. The same package
+        twice, an expert name or a label already in the assembly, another
+        routing encoder or modality: a clear error, and the assembly is unchanged.
+        Seconds per stage: ``fit_times_``.
         """
         from .packages import check_collisions
 
@@ -330,17 +340,17 @@ class Assembly:
                               f"{' (this package is installed already)' if same else ''}; nothing changed "
                               "(remove it first to replace it)")
         check_collisions(package, labels=self.labels_.tolist(), expert_names=self.expert_names)
-        old = getattr(self, "summaries_", None)
-        self.summaries_ = {**(old or {}), package.name: package.summary}
-        try:
-            self._change_experts([*self.experts, package.expert], {},
-                                 (train_items, train_labels, val_items, val_labels), show_progress)
-        except BaseException:
-            if old is None:
-                del self.summaries_
-            else:
-                self.summaries_ = old
-            raise
+        summaries = dict(getattr(self, "summaries_", None) or {})
+        # training items matter only for experts that have no summary yet (and as out-of-scope examples)
+        need = [lab for e in self.experts if e.name not in summaries for lab in e.labels_.tolist()]
+        y_tr = np.asarray(train_labels).astype(str)
+        if len(y_tr) != len(train_items):
+            raise ConfigError(f"got {len(train_items)} training items but {len(y_tr)} labels")
+        rows = np.nonzero(np.isin(y_tr, need + [self.config.oos_label]))[0] if len(y_tr) else np.zeros(0, int)
+        summaries[package.name] = package.summary
+        self._change_experts([*self.experts, package.expert], {},
+                             (take_items(train_items, rows) if len(rows) else [], y_tr[rows], val_items, val_labels),
+                             show_progress, summaries)
         prov = dict(getattr(self, "provenance_", None) or {})
         prov["packages"] = {**(prov.get("packages") or {}), package.name: {
             "file": str(package.path) if package.path else None, "checksums": dict(package.checksums),
@@ -351,13 +361,17 @@ class Assembly:
 
     def replace_expert(self, name: str, expert: Any, train_items: Sequence[Any], train_labels: Any,
                        val_items: Sequence[Any], val_labels: Any, *, show_progress: bool = False) -> "Assembly":
-        """Swap expert ``name`` for ``expert`` (fitted here on the old one's labels if unfitted)."""
+        """Swap expert ``name`` for ``expert`` (fitted here on the old one's labels if unfitted).
+
+        Its routing summary is made anew from the training items (the old one's is dropped).
+        """
         old = self.expert(name)
         experts = [expert if e.name == name else e for e in self.experts]
         if expert.name != name and expert.name in self.expert_names:
             raise ConfigError(f"an expert named {expert.name!r} is already in the assembly")
+        summaries = {k: v for k, v in (getattr(self, "summaries_", None) or {}).items() if k != name}
         return self._change_experts(experts, {lab: expert.name for lab in old.labels_.tolist()},
-                               (train_items, train_labels, val_items, val_labels), show_progress)
+                                    (train_items, train_labels, val_items, val_labels), show_progress, summaries)
 
     def remove_expert(self, name: str, train_items: Sequence[Any], train_labels: Any, val_items: Sequence[Any],
                       val_labels: Any, *, show_progress: bool = False) -> "Assembly":
@@ -366,7 +380,7 @@ class Assembly:
         if len(self.experts) == 1:
             raise ConfigError(f"cannot remove {name!r}: it is the assembly's only expert")
         return self._change_experts([e for e in self.experts if e.name != name], {},
-                               (train_items, train_labels, val_items, val_labels), show_progress)
+                                    (train_items, train_labels, val_items, val_labels), show_progress)
 
     def __repr__(self) -> str:
         g = type(self.generalist).__name__ if self.generalist is not None else None

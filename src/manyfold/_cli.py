@@ -728,12 +728,12 @@ def experts_install(name: str, path: str, trusted_key: Optional[list[str]] = Tru
         raise ConfigError(f"an expert named {pkg.name!r} is already in {name!r}; nothing changed "
                           f"(`manyfold experts remove {name} {pkg.name}` first to replace it)")
     ds = _dataset_for(asm.manifest_, data_dir, dataset)
-    first = not getattr(asm, "summaries_", None)  # the experts trained here are summarised once, from their data
-    tr, va = labelled_splits(asm, ds, asm.labels_.tolist() + list(pkg.labels))
-    train = (tr.items, tr.labels) if first else ([], np.zeros(0, str))
+    # install reads of the train split only its out-of-scope items (calibration) and the items of an expert that has
+    # no routing summary yet (saved by an older manyfold; experts fitted now keep one from their fit)
+    tr, va = labelled_splits(asm, ds, asm.labels_.tolist())
     keep_va = np.isin(va.labels, asm.labels_.tolist() + [asm.config.oos_label])  # what the package brings is new here
     asm.install(pkg, [va.items[i] for i in np.nonzero(keep_va)[0]], va.labels[keep_va],
-                train_items=train[0], train_labels=train[1])
+                train_items=tr.items, train_labels=tr.labels)
     v = reg.save(asm, name, note=f"installed package {pkg.name} ({pkg.path.name if pkg.path else ''})",
                  extra=asm.manifest_.get("extra"))
     typer.echo(f"installed {pkg.name!r} ({_n(len(pkg.labels), 'label')}, signature: {pkg.signature}); only the router "

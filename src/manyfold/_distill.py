@@ -187,8 +187,9 @@ class Flywheel:
                                          "n_original": counts[e.name]["n_original"],
                                          "min_confidence": self.min_confidence})
             experts.append(new)
-        old, old_config = asm.experts, asm.config
+        old, old_config, old_summaries = asm.experts, asm.config, getattr(asm, "summaries_", None)
         asm.experts, asm.config = experts, self.base_config
+        asm.summaries_ = {}  # every expert learnt from new items: its routing summary is made anew
         try:
             fit_assembly(asm, items, y, self.val_items, self.val_labels)
             budget = asm.calibration_.get("escalation_budget", asm.config.max_escalation_rate)
@@ -198,6 +199,10 @@ class Flywheel:
                                                 max_budget=self.base_config.max_escalation_rate)
         except BaseException:
             asm.experts, asm.config = old, old_config
+            if old_summaries is None:
+                asm.__dict__.pop("summaries_", None)
+            else:
+                asm.summaries_ = old_summaries
             raise
         return RoundReport(round=self.round, teacher=tid, min_confidence=self.min_confidence, n_pool=len(pool),
                            n_confident=len(idx), n_new=len(fresh), experts=counts, escalation_budget=float(budget),

@@ -242,19 +242,24 @@ class RoutingSummary:
                    per_label=per_label, seed=seed)
 
 
-def summarize(X: Any, y: Any, *, per_label: int = 10, seed: int = 0) -> RoutingSummary:
+def summarize(X: Any, y: Any, *, per_label: int = 10, seed: int = 0, max_items: int | None = None) -> RoutingSummary:
     """The :class:`RoutingSummary` of features ``X`` (n, dim) in the routing encoder's space with labels ``y``.
 
     Per label: k = min(per_label, distinct items // 3, at least 1) spherical
     k-means clusters, shrunk until every cluster averages at least
     :data:`MIN_ITEMS` distinct vectors. A label with fewer than 3 distinct
     vectors is a :class:`ConfigError` (its prototype would be one item's embedding).
+    ``max_items``: cluster at most this many items of a label (a seeded random
+    sample, for speed on large labels; the counts stay the label's full counts).
     Deterministic for a given ``seed``.
     """
     if isinstance(per_label, bool) or not isinstance(per_label, (int, np.integer)) or per_label < 1:
         raise ConfigError(f"per_label must be a positive integer, got {per_label!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer))
+                                  or max_items < MIN_ITEMS):
+        raise ConfigError(f"max_items must be None or an integer >= {MIN_ITEMS}, got {max_items!r}")
     X = check_features(X)
     y = np.asarray(y).astype(str)
     if y.ndim != 1 or len(y) != len(X):
@@ -266,12 +271,14 @@ def summarize(X: Any, y: Any, *, per_label: int = 10, seed: int = 0) -> RoutingS
     protos, index, weights, spreads, counts = [], [], [], [], []
     for i, lab in enumerate(labels):
         V = X[y == lab]
+        counts.append(len(V))
+        if max_items is not None and len(V) > max_items:
+            V = V[np.sort(rng.choice(len(V), int(max_items), replace=False))]
         p, w, s = _label_prototypes(V, int(per_label), rng, lab)
         protos.append(p)
         weights.append(w)
         spreads.append(s)
         index.append(np.full(len(p), i))
-        counts.append(len(V))
     return RoutingSummary(labels=tuple(labels), counts=np.array(counts), prototypes=np.concatenate(protos),
                           label_index=np.concatenate(index), weights=np.concatenate(weights),
                           spreads=np.concatenate(spreads), per_label=int(per_label), seed=int(seed))
