@@ -137,17 +137,33 @@ def train_head(
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature that minimises the NLL of ``softmax(logits / T)`` on held-out labels."""
+    """Temperature that minimises the NLL of ``softmax(logits / T)`` on held-out labels (the best of a 121-point grid).
+
+    The NLL is convex in ``1 / T``, so its values along the grid fall, then
+    rise: a ternary search narrows the grid to a few points, which are all
+    evaluated (about 20 evaluations instead of 121, the same answer).
+    """
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y)
     if len(y) == 0:
         return 1.0
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    rows = np.arange(len(y))
+    seen: dict[int, float] = {}
 
-    def nll(t: float) -> float:
-        z = logits / t
-        z = z - z.max(1, keepdims=True)
-        lse = np.log(np.exp(z).sum(1))
-        return float((lse - z[np.arange(len(y)), y]).mean())
+    def nll(i: int) -> float:
+        if i not in seen:
+            z = logits / grid[i]
+            z = z - z.max(1, keepdims=True)
+            lse = np.log(np.exp(z).sum(1))
+            seen[i] = float((lse - z[rows, y]).mean())
+        return seen[i]
 
-    return float(min(grid, key=nll))
+    lo, hi = 0, len(grid) - 1
+    while hi - lo > 6:
+        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        if nll(m1) <= nll(m2):
+            hi = m2
+        else:
+            lo = m1
+    return float(grid[min(range(lo, hi + 1), key=nll)])
