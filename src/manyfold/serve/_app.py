@@ -30,13 +30,14 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 
-from .._exceptions import ConfigError, DependencyError, InputError, NotFoundError
+from .._exceptions import ArtifactError, ConfigError, DependencyError, InputError, NotFoundError, TrustError
 from .._validation import check_items
 from ..routers import top_k
 from ._admin import BusyError, Controller, NoRegistryError
 from ._batching import DirectRunner, MicroBatcher, QueueFullError
 from ._config import ServeConfig
 from ._engine import Engine, PipelineError
+from ._hosts import HostCheck
 from ._images import TAKES_IMAGES, TAKES_TEXTS, ImageLimits, ImageRefused, ImageSource, check_count, decode_images, \
     image_content_type_ok
 from ._limits import BodySizeLimit, RequestMetrics
@@ -219,6 +220,10 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise ApiError(422, "invalid_request", str(exc))
         if isinstance(exc, PipelineError):
             raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"})
+        if isinstance(exc, TrustError):  # the version asks for what this server was not allowed (trust_remote)
+            raise ApiError(403, "untrusted", str(exc))
+        if isinstance(exc, ArtifactError):  # a corrupt or truncated version: the old one keeps serving
+            raise ApiError(409, "bad_artifact", str(exc))
         log.error("unexpected error answered with 500", exc_info=exc)  # never swallowed: the traceback goes to the log
         raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}")
 
@@ -229,6 +234,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return config.max_body_bytes, "max_body_bytes"
 
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, limit_for=body_limit)
+    app.add_middleware(HostCheck, allowed=config.allowed_hosts)  # before any body is read; its 400s are counted
 
     def _record(ep: str, method: str, status: int, seconds: float) -> None:
         metrics.requests.labels(ep, method, str(status)).inc()
