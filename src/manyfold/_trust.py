@@ -206,8 +206,10 @@ def builtin_encoder(spec: Any) -> bool:
     if s.startswith("concat:"):
         parts = [p for p in s[len("concat:"):].split("+") if p]
         return bool(parts) and all(builtin_encoder(p) for p in parts)
-    if s.startswith("st:"):
-        return False
+    if s.startswith("st:"):  # sentence-transformers: only the shipped aliases (st:minilm) are built in
+        from .encoders._sentence_transformers import ST_ALIASES
+
+        return s[3:].partition("?")[0] in ST_ALIASES
     return s.partition(":")[0] in encoder_names()
 
 

@@ -4,7 +4,9 @@ Endpoints: ``POST /v1/predict``, ``POST /v1/route``, ``GET /v1/experts``,
 admin (bearer token) ``POST /v1/experts``, ``DELETE /v1/experts/{name}``,
 ``POST /v1/admin/reload``; ``GET /healthz``, ``GET /readyz``, ``GET /metrics``;
 OpenAPI at ``/docs``. Errors have one body, ``{"error", "message", "field"}``;
-bad input is always a 4xx that names the field.
+bad input is always a 4xx that names the field. A request for a host the
+server does not answer gets 400 before anything else (:mod:`._hosts`, DNS
+rebinding); a corrupt or untrusted registry version to reload is a 409 / 403.
 
 An assembly whose encoder takes images answers the same two inference paths:
 JSON ``{"images": [base64, ...]}`` / ``{"image": base64}``, or a
