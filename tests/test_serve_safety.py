@@ -9,7 +9,6 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from _toy import ENC, GEN, toy_dataset

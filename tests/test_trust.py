@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -168,8 +169,6 @@ def test_remote_generalist_and_api_key_need_opt_in_nothing_is_sent_without_it(tm
         assert "loaded with --trust-remote" in captured.err and cap.url in captured.err
         assert [s["authorization"] for s in cap.seen] == [f"Bearer {SECRET}"]  # the opt-in is what lets it go
         assert cap.seen[0]["body"]["messages"][-1]["content"] == "hello there"
-        import os
-
         assert "MANYFOLD_TRUST_REMOTE" not in os.environ  # the flag lasts one command
         loaded = Registry().load("remote", trust_remote=True)
         assert any(cap.url in n for n in loaded.remote_)
