@@ -10,7 +10,8 @@ EXPECTED = {
     "get_encoder", "HeadExpert", "LinearExpert", "MLPExpert", "LinearRouter", "CentroidRouter", "KNNRouter",
     "HeadGeneralist", "OpenAIGeneralist", "Dataset", "Split", "load_dataset", "OOS_LABEL",
     "ManyfoldError", "ConfigError", "InputError", "NotFittedError", "NotFoundError", "AssemblyNotFoundError",
-    "ExpertNotFoundError", "EncoderNotFoundError", "ArtifactError", "DataError", "DependencyError", "GeneralistError",
+    "ExpertNotFoundError", "EncoderNotFoundError", "ArtifactError", "TrustError", "DataError", "DependencyError",
+    "GeneralistError",
 }
 
 

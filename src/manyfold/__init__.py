@@ -28,6 +28,7 @@ from ._exceptions import (
     ManyfoldError,
     NotFittedError,
     NotFoundError,
+    TrustError,
 )
 from ._policy import EscalationPolicy
 from ._prediction import Prediction
@@ -75,6 +76,7 @@ __all__ = [
     "ExpertNotFoundError",
     "EncoderNotFoundError",
     "ArtifactError",
+    "TrustError",
     "DataError",
     "DependencyError",
     "GeneralistError",

@@ -239,14 +239,17 @@ def assemble(
 def assemble_from_packages(packages: Sequence[Any], val_items: Sequence[Any], val_labels: Any, *, router: str = "linear",
                            config: AssemblyConfig = AssemblyConfig(), oos_label: str | None = None,
                            cache: EmbeddingCache | None | bool = True, provenance: dict[str, Any] | None = None,
-                           show_progress: bool = False) -> Assembly:
+                           show_progress: bool = False, trust_remote: bool | None = None) -> Assembly:
     """A federated assembly: experts that came as packages, a router learnt from their routing summaries,
     and the escalation policy calibrated on the assembler's own validation items (no generalist).
 
     The experts' owners share nothing but their packages; ``val_items`` /
     ``val_labels`` (the data's out-of-scope label ``oos_label`` mapped to the
-    assembly's) are all the assembler holds.
+    assembly's) are all the assembler holds. The routing encoder is built from
+    the packages' spec: one that is not built in (a local model folder, a hub
+    id) needs ``trust_remote=True`` (default ``None``: ``$MANYFOLD_TRUST_REMOTE``).
     """
+    from . import _trust
     from .packages import check_collisions
 
     if not packages:
@@ -262,6 +265,8 @@ def assemble_from_packages(packages: Sequence[Any], val_items: Sequence[Any], va
     for i, p in enumerate(packages):
         check_collisions(p, labels=seen_labels, expert_names=[q.name for q in packages[:i]])
         seen_labels += list(p.labels)
+    _trust.require_trust(_trust.remote_needs(first.meta["encoder"]["spec"]), f"expert package {first.name!r}",
+                         trust_remote)
     store = EmbeddingCache() if cache is True else (cache or None)
     enc = _encoder(first.meta["encoder"]["spec"], store)
     if enc.id != first.encoder_id:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from ._exceptions import ConfigError, DataError, InputError, ManyfoldError
+from ._exceptions import ArtifactError, ConfigError, DataError, InputError, ManyfoldError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Assemble many small experts into one large model.")
 experts_app = typer.Typer(no_args_is_help=True, help="List, add or remove the experts of a saved assembly.")
@@ -25,6 +25,33 @@ DataDir = typer.Option(None, "--data-dir", help="folder holding clinc150/ (defau
 TrustedKeys = typer.Option(None, "--trusted-key", help="a trusted ed25519 public key (PEM file); repeat for more")
 DatasetOpt = typer.Option(None, "--dataset", help="the data the assembly was built from: clinc150 or a file or folder "
                                                   "path (default: the dataset its manifest records)")
+
+
+@app.callback()
+def _global_options(ctx: typer.Context, trust_remote: bool = typer.Option(
+        False, "--trust-remote", help="load assemblies and packages that send items to a remote generalist, send it "
+        "an API key from an environment variable, or use an encoder that is not built in (a local model folder or "
+        "hub id); only for those you trust (same as MANYFOLD_TRUST_REMOTE=1)")) -> None:
+    if trust_remote:
+        from ._trust import TRUST_ENV
+
+        old = os.environ.get(TRUST_ENV)
+        os.environ[TRUST_ENV] = "1"
+
+        def restore() -> None:  # an in-process caller (tests, main(argv)) gets its environment back
+            if old is None:
+                os.environ.pop(TRUST_ENV, None)
+            else:
+                os.environ[TRUST_ENV] = old
+
+        ctx.call_on_close(restore)
+
+
+def _trust_note(asm: Any, name: str) -> None:
+    """Say on stderr what an assembly loaded with the opt-in does (a remote generalist, an API key, ...)."""
+    needs = getattr(asm, "remote_", None)
+    if needs:
+        typer.echo(f"note: {name!r} was loaded with --trust-remote: it uses {'; '.join(needs)}", err=True)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -563,6 +590,7 @@ def predict(name: str, text: Optional[list[str]] = typer.Argument(None, help="on
     if input_path is None and (output is not None or text_col is not None):
         raise ConfigError(f"{'--output' if output is not None else '--text-col'} goes with --input FILE")
     asm = Registry().load(name)
+    _trust_note(asm, name)
     images = _takes_images(asm)
     if images and text_col is not None:
         raise ConfigError(f"--text-col is for texts; assembly {name!r} takes images")
@@ -590,17 +618,43 @@ def list_cmd(json_out: bool = typer.Option(False, "--json")) -> None:
     from ._registry import Registry
 
     rows = Registry().list()
+    broken = [r["name"] for r in rows if "error" in r]
     if json_out:
         typer.echo(json.dumps(rows))
+    else:
+        if not rows:
+            typer.echo("no assemblies yet: run `manyfold demo`, `manyfold assemble clinc150` or `manyfold assemble FILE.csv`")
+        for r in rows:
+            if "error" in r:
+                typer.echo(f"{r['name']}  error: {r['error']}")
+                continue
+            typer.echo(f"{r['name']}  v{r['version']}  {_n(len(r['experts']), 'expert')}  "
+                       f"data={r.get('dataset') or 'not recorded'}  encoder={r['encoder']}  generalist={r['generalist']}")
+            if r.get("needs_trust"):
+                typer.echo(f"  loads only with --trust-remote: it uses {'; '.join(r['needs_trust'])}")
+    if broken:
+        raise ArtifactError(f"{_n(len(broken), 'assembly')} cannot be read: {', '.join(broken)} (see above)")
+
+
+@app.command("gc")
+def gc_cmd(min_age: float = typer.Option(600.0, "--min-age", help="remove only what is older than this many seconds "
+                                         "(a save in progress writes its objects before its manifest)"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="only say what would be removed"),
+           json_out: bool = typer.Option(False, "--json")) -> None:
+    """Remove registry objects no version refers to, and temporary files an interrupted write left behind."""
+    from ._registry import Registry
+
+    reg = Registry()
+    rep = reg.gc(min_age_s=min_age, dry_run=dry_run)
+    if json_out:
+        typer.echo(json.dumps(rep))
         return
-    if not rows:
-        typer.echo("no assemblies yet: run `manyfold demo`, `manyfold assemble clinc150` or `manyfold assemble FILE.csv`")
-    for r in rows:
-        if "error" in r:
-            typer.echo(f"{r['name']}  error: {r['error']}")
-            continue
-        typer.echo(f"{r['name']}  v{r.get('version')}  {len(r.get('experts', []))} experts  "
-                   f"data={r.get('dataset') or 'not recorded'}  encoder={r.get('encoder')}  generalist={r.get('generalist')}")
+    verb = "would remove" if dry_run else "removed"
+    for what in ("objects", "pseudo", "temp"):
+        for path in rep[what]:
+            typer.echo(f"{verb} {path}")
+    typer.echo(f"{verb} {_n(len(rep['objects']), 'unreferenced object')}, {_n(len(rep['pseudo']), 'pseudo-label file')}, "
+               f"{_n(len(rep['temp']), 'leftover temporary file')} ({rep['bytes'] / 2**20:.1f} MiB) in {reg.root}")
 
 
 @experts_app.command("list")
@@ -632,8 +686,11 @@ def experts_add(name: str, expert: str = typer.Argument(..., help="name of the n
                 min_confidence: float = typer.Option(0.9, help="with --from-generalist: keep labels at or above this probability")) -> None:
     """Train one new expert on a domain of the assembly's data and refit only the router; the other experts' files stay."""
     from ._registry import Registry
-    from .experts import HeadExpert
+    from .experts import HeadExpert, check_name
 
+    check_name(expert)  # every cheap check before the assembly or any data is loaded
+    if kind not in ("linear", "mlp"):
+        raise ConfigError(f"unknown expert kind {kind!r}; valid choices: linear, mlp")
     if from_generalist != (pool is not None):
         raise ConfigError("--from-generalist and --pool go together: the generalist labels the pool")
     if from_generalist:
@@ -759,12 +816,16 @@ def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
           generalist_stage: bool = typer.Option(True, "--generalist-stage/--one-stage",
                                                 help="escalated items wait for the generalist in a stage of their own "
                                                      "(the others are answered at once); --one-stage waits for the whole batch"),
+          allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host",
+                                                           help="a Host header the server answers (repeat for more; "
+                                                                "*.example.com for subdomains, * for any); default: "
+                                                                "localhost, 127.0.0.1, ::1 and --host"),
           ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve (needs manyfold[ray])")) -> None:
     """Serve a saved assembly over HTTP (FastAPI + uvicorn, or Ray Serve with --ray)."""
     from .serve import serve_main
 
     serve_main(name, host, port, None, ray=ray, threads=threads, request_log=request_log,
-               generalist_stage=generalist_stage)
+               generalist_stage=generalist_stage, **({"allowed_hosts": tuple(allowed_host)} if allowed_host else {}))
 
 
 @app.command("distill")

@@ -13,6 +13,7 @@ already catches ``ValueError`` or ``ImportError`` keeps working::
     │   ├── ExpertNotFoundError
     │   └── EncoderNotFoundError
     ├── ArtifactError        (OSError)       an artifact on disk is corrupted, truncated or incompatible
+    │   └── TrustError                       it asks for what needs your opt-in (remote generalist, ...)
     ├── DataError            (OSError)       a dataset is missing, fails its checksum or cannot be fetched
     ├── DependencyError      (ImportError)   an optional dependency is not installed (message has the install hint)
     └── GeneralistError      (RuntimeError)  the generalist (big model / LLM endpoint) failed to answer
@@ -34,6 +35,7 @@ __all__ = [
     "ExpertNotFoundError",
     "EncoderNotFoundError",
     "ArtifactError",
+    "TrustError",
     "DataError",
     "DependencyError",
     "GeneralistError",
@@ -88,6 +90,11 @@ class EncoderNotFoundError(NotFoundError):
 
 class ArtifactError(ManyfoldError, OSError):
     """An artifact on disk is corrupted, truncated or of an unknown format version."""
+
+
+class TrustError(ArtifactError):
+    """A saved artifact asks for something that needs the user's opt-in (``trust_remote``): a remote
+    generalist, an API-key environment variable, a non-built-in encoder (a local model folder or hub id)."""
 
 
 class DataError(ManyfoldError, OSError):

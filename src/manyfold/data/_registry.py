@@ -144,9 +144,17 @@ def load_dataset_ref(ref: Mapping[str, Any], *, data_dir: str | os.PathLike[str]
     recorded images (same paths, sizes and sha256), else a :class:`DataError`
     names the folder. Subsets recorded in the reference are
     taken again.
+
+    A reference usually comes from a manifest, which is not trusted: before
+    anything is read it must name data and nothing else (see
+    :func:`manyfold._trust.check_dataset_ref`: a files reference names its file or
+    split files directly inside its folder, by absolute path with a data-file
+    extension and a sha256; a built-in takes no option but ``variant``), else an
+    :class:`~manyfold.ArtifactError`.
     """
-    if not isinstance(ref, Mapping):
-        raise ConfigError(f"a dataset reference is a dict, not {type(ref).__name__}")
+    from .._trust import check_dataset_ref
+
+    check_dataset_ref(ref)
     kind = ref.get("kind")
     if kind == "builtin":
         name = ref.get("name")

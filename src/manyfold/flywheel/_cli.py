@@ -37,12 +37,22 @@ def save_pseudo(path: Path, items: list[Any], labels: np.ndarray) -> str:
     return sha256_file(path)
 
 
+#: the pseudo-label files distill writes under the registry root (a manifest may name no other file)
+_PSEUDO_FILE = r"flywheel/[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}/v\d{4,}\.pseudo\.jsonl"
+
+
 def load_pseudo(root: Path, entry: dict[str, Any] | None) -> tuple[list[Any], np.ndarray]:
     """The pseudo-labels a manifest's ``extra["flywheel"]`` entry names (none if ``entry`` is empty)."""
     if not entry:
         return [], np.zeros(0, str)
-    path = root / entry["pseudo_file"]
-    if not path.is_file() or sha256_file(path) != entry["sha256"]:
+    from .._trust import check_digest, registry_file
+
+    where = "the manifest's flywheel entry"
+    if not isinstance(entry, Mapping):
+        raise ArtifactError(f"{where} must be an object, got {type(entry).__name__}")
+    path = registry_file(Path(root), entry.get("pseudo_file"), _PSEUDO_FILE, where)
+    digest = check_digest(entry.get("sha256"), where)
+    if path.is_symlink() or not path.is_file() or sha256_file(path) != digest:
         raise ArtifactError(f"the pseudo-label file {str(path)!r} is missing or does not match its checksum")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [r["text"] for r in rows], np.array([r["label"] for r in rows], dtype=str)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .._exceptions import ConfigError
 from .._io import atomic_write_bytes
+from .._trust import builtin_encoder
 from ._format import ExpertPackage, pack_expert, read_package
 from ._sign import KeySource, generate_keypair
 
@@ -76,7 +77,8 @@ def inspect_main(path: str | os.PathLike[str], echo: Echo, *, trusted_keys: Iter
         ("domain", c.domain or "-"),
         ("labels", f"{len(labels)}: {shown}"),
         ("modality", pkg.modality),
-        ("encoder", f"{enc['id']} (spec {enc['spec']!r}, {enc['dim']}-d)"),
+        ("encoder", f"{enc['id']} (spec {enc['spec']!r}, {enc['dim']}-d)"
+                    + ("" if builtin_encoder(enc["spec"]) else "; not built in: assembling from it needs --trust-remote")),
         ("metrics", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.metrics.items()) or "-"),
         ("lineage", ", ".join(f"{k}={v}" for k, v in c.lineage.items()) or "-"),
         ("creator", m.get("creator") or "-"),

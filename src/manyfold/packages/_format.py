@@ -36,6 +36,7 @@ import numpy as np
 from .._components import component_class
 from .._exceptions import ArtifactError, ConfigError, ManyfoldError
 from .._io import atomic_write_bytes
+from .._trust import check_member, safe_member_name
 from ..experts import ExpertCard, check_name
 from ._sign import KeySource, fingerprint, load_public_keys, parse_signature, sign_manifest, verify_signature
 from ._summary import RoutingSummary, summarize
@@ -217,8 +218,7 @@ def pack_expert(
 
 
 def _unsafe(name: str) -> bool:
-    return (name.startswith(("/", "\\")) or "\\" in name or ".." in name or "\x00" in name
-            or bool(re.match(r"^[A-Za-z]:", name)))
+    return not safe_member_name(name)
 
 
 def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
@@ -415,10 +415,11 @@ def _read_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], fail: Any) 
             doc = None
         if doc is not None:
             _parse_json(b"", fail, doc=doc, check_only_format=True)
-    extra = _unexpected(names)
-    if extra:
-        raise fail(f"unexpected member {extra[0]!r}; a format-{FORMAT_VERSION} package holds only "
-                   f"{', '.join(ALLOWED)}")
+    for n in names:
+        try:
+            check_member(n, ALLOWED, f"a format-{FORMAT_VERSION} package")
+        except ArtifactError as exc:
+            raise fail(str(exc)) from None
     missing = [m for m in REQUIRED if m not in by_name]
     if missing:
         raise fail(f"missing member {missing[0]!r}")
@@ -446,10 +447,6 @@ def _read_members(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], fail: Any) 
     if set(listed) & {MANIFEST, SIGNATURE}:
         raise fail(f"{MANIFEST} must not list itself or {SIGNATURE}")
     return members, {n: listed[n] for n in covered}, manifest
-
-
-def _unexpected(names: list[str]) -> list[str]:
-    return [n for n in names if n not in ALLOWED]
 
 
 def _parse_json(data: bytes, fail: Any, *, doc: Any = None, check_only_format: bool = False) -> dict[str, Any]:

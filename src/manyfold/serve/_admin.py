@@ -67,7 +67,10 @@ class Controller:
         name = self.config.registry_name
         if name is None:
             raise NoRegistryError("this server serves an Assembly object with no registry name (ServeConfig.name)")
-        asm = self.registry().load(name, version, cache=self.config.embedding_cache)
+        asm = self.registry().load(name, version, cache=self.config.embedding_cache,
+                                   trust_remote=self.config.trust_remote)
+        if getattr(asm, "remote_", None):
+            log.warning("%s v%s loaded with trust_remote: it uses %s", name, asm.manifest_["version"], "; ".join(asm.remote_))
         return asm, int(asm.manifest_["version"])
 
     async def start(self) -> None:
@@ -185,9 +188,31 @@ class Controller:
         new.remove_expert(name, *self._base(asm))
         return new, self._save(new, f"serve: removed expert {name}")
 
-    async def add_expert(self, req: Any) -> tuple[Any, int | None]:
-        if req.name in self.engine.asm.expert_names:
+    def check_new_expert(self, req: Any) -> None:
+        """Refuse (ConfigError, before any work) an expert that cannot join the served assembly: a name in use,
+        the reserved out-of-scope label, labels other experts own or repeat, a label with no training example."""
+        asm = self.engine.asm
+        if req.name in asm.expert_names:
             raise ConfigError(f"an expert named {req.name!r} is already in the assembly")
+        labels = list(req.labels)
+        oos = asm.config.oos_label
+        if oos in labels:
+            raise ConfigError(f"labels: {oos!r} is the assembly's reserved out-of-scope label; no expert can own it")
+        dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+        if dup:
+            raise ConfigError(f"labels: {dup[:5]} appear more than once")
+        taken = sorted(set(labels) & set(getattr(asm, "label_to_expert_", {})))
+        if taken:
+            raise ConfigError(f"labels: {taken[:5]} already belong to other experts "
+                              f"({', '.join(sorted({asm.label_to_expert_[t] for t in taken}))})")
+        seen = {lab for _, lab in req.train}
+        unseen = [lab for lab in labels if lab not in seen]
+        if unseen:
+            raise ConfigError(f"train: no training example of the label(s) {unseen[:5]}; every label the expert "
+                              "owns needs at least one")
+
+    async def add_expert(self, req: Any) -> tuple[Any, int | None]:
+        self.check_new_expert(req)
         self.dataset()
         return await self._run(f"add expert {req.name}", self._add, req)
 

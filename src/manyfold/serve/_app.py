@@ -4,7 +4,9 @@ Endpoints: ``POST /v1/predict``, ``POST /v1/route``, ``GET /v1/experts``,
 admin (bearer token) ``POST /v1/experts``, ``DELETE /v1/experts/{name}``,
 ``POST /v1/admin/reload``; ``GET /healthz``, ``GET /readyz``, ``GET /metrics``;
 OpenAPI at ``/docs``. Errors have one body, ``{"error", "message", "field"}``;
-bad input is always a 4xx that names the field.
+bad input is always a 4xx that names the field. A request for a host the
+server does not answer gets 400 before anything else (:mod:`._hosts`, DNS
+rebinding); a corrupt or untrusted registry version to reload is a 409 / 403.
 
 An assembly whose encoder takes images answers the same two inference paths:
 JSON ``{"images": [base64, ...]}`` / ``{"image": base64}``, or a
@@ -30,13 +32,14 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 
-from .._exceptions import ConfigError, DependencyError, InputError, NotFoundError
+from .._exceptions import ArtifactError, ConfigError, DependencyError, InputError, NotFoundError, TrustError
 from .._validation import check_items
 from ..routers import top_k
 from ._admin import BusyError, Controller, NoRegistryError
 from ._batching import DirectRunner, MicroBatcher, QueueFullError
 from ._config import ServeConfig
 from ._engine import Engine, PipelineError
+from ._hosts import HostCheck
 from ._images import TAKES_IMAGES, TAKES_TEXTS, ImageLimits, ImageRefused, ImageSource, check_count, decode_images, \
     image_content_type_ok
 from ._limits import BodySizeLimit, RequestMetrics
@@ -219,6 +222,10 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise ApiError(422, "invalid_request", str(exc))
         if isinstance(exc, PipelineError):
             raise ApiError(503, "unavailable", str(exc), headers={"Retry-After": "1"})
+        if isinstance(exc, TrustError):  # the version asks for what this server was not allowed (trust_remote)
+            raise ApiError(403, "untrusted", str(exc))
+        if isinstance(exc, ArtifactError):  # a corrupt or truncated version: the old one keeps serving
+            raise ApiError(409, "bad_artifact", str(exc))
         log.error("unexpected error answered with 500", exc_info=exc)  # never swallowed: the traceback goes to the log
         raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}")
 
@@ -229,6 +236,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return config.max_body_bytes, "max_body_bytes"
 
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, limit_for=body_limit)
+    app.add_middleware(HostCheck, allowed=config.allowed_hosts)  # before any body is read; its 400s are counted
 
     def _record(ep: str, method: str, status: int, seconds: float) -> None:
         metrics.requests.labels(ep, method, str(status)).inc()

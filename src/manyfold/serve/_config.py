@@ -51,6 +51,15 @@ class ServeConfig:
       batch of new texts).
     - ``request_log``: a JSONL file; every answered ``/v1/predict`` request is
       appended to it (items, labels, escalated): a pool for ``manyfold distill``.
+    - ``allowed_hosts``: ``Host`` header names answered besides the loopback
+      names (``localhost``, ``127.0.0.1``, ``::1``) and the address the
+      connection arrived on (``manyfold serve --host NAME`` adds ``NAME``);
+      ``"*.example.com"`` takes its subdomains, ``"*"`` any host. Any other
+      host gets 400 (a defence against DNS rebinding).
+    - ``trust_remote``: load a registry version whose generalist is remote (and
+      sent an API key) or whose encoder is not built in (default ``None``:
+      ``$MANYFOLD_TRUST_REMOTE``); without it such a version is refused (403 on
+      reload).
     """
 
     assembly: Any
@@ -76,6 +85,8 @@ class ServeConfig:
     save_changes: bool = True
     embedding_cache: bool = False
     request_log: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    trust_remote: bool | None = None
 
     def __post_init__(self) -> None:
         if self.assembly is None or (isinstance(self.assembly, str) and not self.assembly):
@@ -93,6 +104,14 @@ class ServeConfig:
                 raise ConfigError(f"ServeConfig.{f} must be a positive number, got {v!r}")
         if self.version is not None and (not isinstance(self.version, int) or self.version < 1):
             raise ConfigError(f"ServeConfig.version must be a positive integer, got {self.version!r}")
+        hosts = self.allowed_hosts
+        if isinstance(hosts, str) or not isinstance(hosts, (tuple, list)) or not all(
+                isinstance(h, str) and h.strip() and not any(c in h for c in " /,") for h in hosts):
+            raise ConfigError("ServeConfig.allowed_hosts must be a tuple of host names (e.g. ('api.example.com', "
+                              f"'*.example.com'), or ('*',) for any), got {hosts!r}")
+        object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in hosts))
+        if self.trust_remote is not None and not isinstance(self.trust_remote, bool):
+            raise ConfigError(f"ServeConfig.trust_remote must be True, False or None, got {self.trust_remote!r}")
 
     @property
     def registry_name(self) -> str | None:

@@ -23,7 +23,8 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     are :class:`ServeConfig` fields (``version``, ``admin_token``,
     ``max_batch_size``, ``max_wait_ms``, ``max_queue``, ``request_timeout_s``,
     ``max_items_per_request``, ``max_body_bytes``, ``micro_batching``, ``generalist_stage``,
-    ``dataset``, ``data_dir``, ``save_changes``). ``ray=True`` deploys on Ray
+    ``dataset``, ``data_dir``, ``save_changes``, ``allowed_hosts``, ``trust_remote``). A ``host`` that is a
+    name or address (not ``0.0.0.0`` / ``::``) is added to ``allowed_hosts``. ``ray=True`` deploys on Ray
     Serve instead of uvicorn (experts and generalist as their own deployments).
     ``threads``: torch intra-op threads of the server process (default: torch's
     choice; 1 is much faster on a machine whose cores are shared with other
@@ -33,6 +34,12 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     unknown = sorted(set(opts) - _FIELDS)
     if unknown:
         raise ConfigError(f"unknown serve options {unknown}; valid: {sorted(_FIELDS)}")
+    if host not in ("0.0.0.0", "::", "") and "*" not in opts.get("allowed_hosts", ()):  # the bound name is a host of ours
+        opts["allowed_hosts"] = (*opts.get("allowed_hosts", ()), host)
+    if opts.get("trust_remote") is None:  # decided here, so that Ray's replicas inherit the decision
+        from .._trust import trust_remote
+
+        opts["trust_remote"] = trust_remote()
     config = ServeConfig(assembly=name, registry_root=registry, **opts)
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:

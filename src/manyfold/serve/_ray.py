@@ -68,7 +68,8 @@ def _component(config: ServeConfig, which: str) -> Any:
     reg = Registry(config.registry_root)
     m = reg.manifest(config.registry_name, config.version)
     if which == "generalist":
-        return reg.load(config.registry_name, m["version"], cache=config.embedding_cache).generalist
+        return reg.load(config.registry_name, m["version"], cache=config.embedding_cache,
+                        trust_remote=config.trust_remote).generalist
     return reg._get(next(e for e in m["experts"] if e["name"] == which))
 
 
@@ -113,7 +114,8 @@ def build_ray_app(config: ServeConfig, *, expert_replicas: int = 1, generalist_r
         def __init__(self, cfg: ServeConfig, experts: dict[str, Any], generalist: Any) -> None:
             from .._registry import Registry
 
-            asm = Registry(cfg.registry_root).load(cfg.registry_name, cfg.version, cache=cfg.embedding_cache)
+            asm = Registry(cfg.registry_root).load(cfg.registry_name, cfg.version, cache=cfg.embedding_cache,
+                                                   trust_remote=cfg.trust_remote)
             asm.experts = [RemoteExpert(e.name, e.labels_, e.card_.to_dict(), experts[e.name]) for e in asm.experts]
             if asm.generalist is not None and generalist is not None:
                 asm.generalist = RemoteGeneralist(asm.generalist.labels_, generalist)
