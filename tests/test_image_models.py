@@ -289,6 +289,28 @@ def test_cnn_time_cap_stops_after_one_step(data):
     assert est.card_.lineage["stopped"] == "time" and len(est.history_) == 1 and est.history_[0]["steps"] == 1
 
 
+def test_cnn_time_cap_includes_the_validation_passes(data, monkeypatch):
+    """max_seconds bounds the whole fit: the training leaves time for the last validation pass, and the
+    temperature reuses the best epoch's validation logits instead of a further pass."""
+    import time as _time
+
+    from manyfold.experts import CNNExpert
+
+    slow, calls = CNNExpert._logits, []
+
+    def slow_logits(self, pixels):
+        calls.append(len(pixels))
+        _time.sleep(0.4)
+        return slow(self, pixels)
+
+    monkeypatch.setattr(CNNExpert, "_logits", slow_logits)
+    (x, y), (xv, yv) = data
+    est = small(epochs=200, max_seconds=2.0).fit(x, y, items_val=xv, y_val=yv)
+    assert est.card_.lineage["stopped"] == "time"
+    assert est.card_.lineage["train_seconds"] <= 2.0 + 0.2, est.card_.lineage
+    assert len(calls) == len(est.history_)  # one validation pass per epoch, none after
+
+
 def test_cnn_rgb_resized_and_augmented(data):
     (x, y), _ = data
     rgb = [np.repeat(im[:, :, None], 3, axis=2) for im in x[:60]]

@@ -145,7 +145,8 @@ class CNNExpert(BaseEstimator):
     to 2 pixels); ``"flip"`` (random horizontal flips, for images whose mirror
     image keeps the label, such as clothes but not digits; predictions then
     average each image and its mirror image, at twice the inference work);
-    ``"shift+flip"``. ``max_seconds`` caps the training time: the schedule
+    ``"shift+flip"``. ``max_seconds`` caps the time of the whole fit, validation
+    passes included (the training stops early enough for the last one): the schedule
     follows whichever is further along, steps or clock, so it still anneals
     before the deadline (the result then depends on the machine's speed; leave
     it ``None`` for runs that repeat exactly). Deterministic for a ``seed`` on
@@ -311,6 +312,10 @@ class CNNExpert(BaseEstimator):
             opt = _AdamW([(decay, float(self.weight_decay)), (no_decay, 0.0)])
             self.net_ = net
             step, stale, out_of_time = 0, 0, False
+            # max_seconds caps the whole fit: the training stops early enough to leave time for the epoch's
+            # validation pass (measured at the last one); the best epoch's validation logits are kept, so the
+            # temperature needs no further pass
+            reserve, best_logits = 0.0, None
             for epoch in range(1, int(self.epochs) + 1):
                 net.train()
                 perm = torch.randperm(n, generator=gen)
@@ -318,7 +323,8 @@ class CNNExpert(BaseEstimator):
                 for s in range(0, n, bs):
                     progress = step / total
                     if self.max_seconds is not None:
-                        progress = max(progress, (time.perf_counter() - t0 - paused) / float(self.max_seconds))
+                        progress = max(progress, (time.perf_counter() - t0 - paused)
+                                       / max(float(self.max_seconds) - reserve, 1e-9))
                     if progress >= 1.0 and step:  # at least one step, so there is a model
                         out_of_time = True
                         break
@@ -341,7 +347,9 @@ class CNNExpert(BaseEstimator):
                 record: dict[str, Any] = {"epoch": epoch, "seconds": round(time.perf_counter() - t0 - paused, 3),
                                           "train_loss": round(loss_sum / seen, 5), "steps": step}
                 if xv is not None:
+                    v0 = time.perf_counter()
                     logits = self._logits(xv)
+                    reserve = time.perf_counter() - v0
                     acc = float((logits.argmax(1) == yv).mean())
                     nll = _nll(logits, yv)
                     record["val_accuracy"] = round(acc, 5)
@@ -350,6 +358,7 @@ class CNNExpert(BaseEstimator):
                     if acc > best_acc or (acc == best_acc and nll < best_nll):  # ties: the lower val loss
                         best_acc, best_nll, best_epoch, stale = acc, nll, epoch, 0
                         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                        best_logits = logits
                     else:
                         stale += 1
                 else:
@@ -372,7 +381,7 @@ class CNNExpert(BaseEstimator):
         self.temperature_ = 1.0
         metrics: dict[str, float] = {"train_loss": history[-1]["train_loss"] if history else float("nan")}
         if xv is not None:
-            logits = self._logits(xv)
+            logits = best_logits if best_logits is not None else self._logits(xv)
             self.temperature_ = fit_temperature(logits, yv)
             metrics["val_accuracy"] = float((logits.argmax(1) == yv).mean())
             metrics["n_val"] = int(len(yv))
