@@ -41,3 +41,14 @@ def tiny_asm(tiny_ds, tmp_path_factory: pytest.TempPathFactory):
     # a fixed escalation budget (as the issue-2 numbers are pinned): the knee objective is tested on its own
     return manyfold.assemble(tiny_ds, encoder="hashing:dim=512", generalist="hashing:dim=1024", cache=False,
                              config=manyfold.AssemblyConfig(escalation_objective="budget", max_escalation_rate=0.13))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): on a small
+    shared machine, thread oversubscription makes fitting ~8x slower."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

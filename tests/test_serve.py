@@ -46,14 +46,7 @@ def ds(home: Path):
     return manyfold.load_dataset("clinc150", DATA).subset(5, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a small shared machine, thread oversubscription makes fitting ~8x slower."""
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

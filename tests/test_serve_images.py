@@ -76,13 +76,7 @@ def data(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     return [pattern(lab, rng) for lab in labels], labels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
