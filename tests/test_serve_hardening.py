@@ -254,6 +254,40 @@ def test_escalations_are_gathered_round_robin_across_requests():
     assert calls == [["esc-big0"], ["esc-sm0"], ["esc-big1"], ["esc-sm1"], ["esc-big2"], ["esc-big3"], ["esc-big4"]]
 
 
+class RecordingGeneralist:
+    def __init__(self, g) -> None:
+        self.g, self.labels_, self.seen = g, g.labels_, []
+
+    def signals(self, items):
+        self.seen += list(items)
+        return self.g.signals(items)
+
+
+@pytest.mark.parametrize("mode", [{}, {"generalist_stage": False}, {"micro_batching": False}])
+def test_a_request_may_send_at_most_max_escalated_chars_to_the_generalist(asm, mode):
+    import copy
+
+    every = copy.copy(asm)
+    every.counters = copy.copy(asm.counters)
+    every.policy_ = asm.policy_.with_thresholds(confidence_threshold=2.0)  # every item escalates
+    every.generalist = RecordingGeneralist(asm.generalist)
+    items = _texts(1, 2, "g") + _texts(2, 2, "g")  # 20 characters each
+    with TestClient(create_app(ServeConfig(assembly=every, max_escalated_chars=45, **mode))) as c:
+        r = c.post("/v1/predict", json={"items": items})
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        m = c.get("/metrics").text
+    assert every.generalist.seen == items[:2]  # 40 characters; a third would make 60 > 45
+    assert all(p["escalated"] and not p["degraded"] for p in preds[:2])
+    assert all(p["escalated"] and p["degraded"] and p["reason"].startswith("escalation_budget") for p in preds[2:])
+    want = every.predict(items[2:], escalate=False)  # the experts' answer
+    assert [p["label"] for p in preds[2:]] == [w.label for w in want]
+    full = every.predict(items[:2])  # the first two: the generalist's answer, as Assembly.predict gives it
+    assert [(p["label"], p["confidence"]) for p in preds[:2]] == [(w.label, pytest.approx(w.confidence, abs=1e-5))
+                                                                  for w in full]
+    assert _metric(m, "manyfold_generalist_skipped_items_total") == 2
+
+
 # -- defect 3: slow clients, connection cap -----------------------------------------------------------------------
 
 
@@ -550,3 +584,18 @@ def test_route_is_under_admission_control(asm):
     assert [r["experts"][0]["name"] for r in waiting.json()["routes"]] == [str(asm.router.experts_[j]) for j in want]
     assert ["w2x2 w2x3", "w0x1 w0x2"] in gated.encoder.calls  # routed in a batch of its own, after the held one
     assert _metric(m, "manyfold_rejected_requests_total", reason="queue_full") == 3
+
+
+def test_the_cli_passes_the_request_log_rotation(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import manyfold.serve
+    from manyfold._cli import app
+
+    seen = {}
+    monkeypatch.setattr(manyfold.serve, "serve_main", lambda *a, **kw: seen.update(kw))
+    log = str(tmp_path / "r.jsonl")
+    r = CliRunner().invoke(app, ["serve", "x", "--request-log", log, "--request-log-max-bytes", "1000",
+                                 "--request-log-backups", "0"])
+    assert r.exit_code == 0, r.output
+    assert (seen["request_log"], seen["request_log_max_bytes"], seen["request_log_backups"]) == (log, 1000, 0)

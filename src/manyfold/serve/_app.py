@@ -192,10 +192,11 @@ def create_app(config: ServeConfig) -> FastAPI:
                      max_batch_chars=config.max_batch_chars, max_queued_chars=config.max_queued_chars,
                      max_generalist_batch_chars=config.max_generalist_batch_chars,
                      run_route=engine.run_route, snapshot=engine.snapshot)
+    admission.update(run_generalist=engine.run_generalist, skip_generalist=engine.skip_generalist,
+                     max_escalated_chars=config.max_escalated_chars)
     if config.micro_batching:
         runner: Any = MicroBatcher(engine.run_batch, metrics, max_wait_ms=config.max_wait_ms,
-                                   run_generalist=engine.run_generalist if config.generalist_stage else None,
-                                   **admission)
+                                   generalist_stage=config.generalist_stage, **admission)
     else:
         runner = DirectRunner(engine.run_batch, metrics, **admission)
     token = config.resolved_admin_token()

@@ -105,6 +105,7 @@ class _Job:
     results: list[Any] = field(default_factory=list)
     queued: float | None = None  # seconds before its first part started
     remaining: int = 0  # escalated items waiting for the generalist
+    escalated_chars: int = 0  # characters of its items sent to the generalist (max_escalated_chars)
     snap: Any = None  # the (assembly, version) its first part ran on: every later part runs on it too
     large: bool = False  # runs in more than one part (admitted within half of max_queued_chars)
 
@@ -167,6 +168,38 @@ class _Admission:
                 job.future.set_exception(exc)
 
 
+class _Escalations:
+    """The per-request escalation budget: a request's escalated items go to the generalist while their characters
+    stay within ``max_escalated_chars`` (its first escalated item always does); the others keep the experts'
+    answer, flagged degraded (``skip_generalist(pending, reason)`` makes those answers)."""
+
+    def __init__(self, metrics: ServeMetrics, max_escalated_chars: int | None,
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None) -> None:
+        self.metrics, self.max_chars, self.skip = metrics, max_escalated_chars, skip_generalist
+
+    def split(self, job: _Job, start: int, part: Sequence[Any]) -> list[tuple[int, Pending]]:
+        """The escalated items of ``part`` (``job.results[start:]``) that go to the generalist; the others are
+        answered here."""
+        go, over = [], []
+        for k, r in enumerate(part):
+            if isinstance(r, Pending):
+                c = _chars(r.item)
+                if self.max_chars is not None and self.skip is not None and job.escalated_chars \
+                        and job.escalated_chars + c > self.max_chars:
+                    over.append((start + k, r))
+                else:
+                    job.escalated_chars += c
+                    go.append((start + k, r))
+        if over:
+            assert self.skip is not None
+            why = (f"escalation_budget: this request's escalated texts passed max_escalated_chars={self.max_chars:,}; "
+                   "the experts' answer")
+            for (k, _), pred in zip(over, self.skip([p for _, p in over], why)):
+                job.results[k] = pred
+            self.metrics.generalist_skipped.inc(len(over))
+        return go
+
+
 class MicroBatcher:
     """Gathers requests into batches for ``run_batch(items, escalate_flags, defer, snap)`` (called in a thread).
 
@@ -174,16 +207,23 @@ class MicroBatcher:
     first batch's); ``submit``'s future resolves to ``(results, queue_seconds,
     snap)``. With ``run_generalist``, ``defer`` is True: ``run_batch`` returns a
     pending object (see :class:`~manyfold.serve._engine.Pending`) for each
-    escalated item and ``run_generalist(pending)`` finishes them. ``run_route(items,
-    snap)``: one result per item for ``submit(..., route=True)``.
+    escalated item and ``run_generalist(pending)`` finishes them: in a stage of
+    its own (``generalist_stage``), or right after the small pass of each batch,
+    before any of its items is answered (one stage). ``max_escalated_chars`` with
+    ``skip_generalist``: the per-request escalation budget (:class:`_Escalations`).
+    ``run_route(items, snap)``: one result per item for ``submit(..., route=True)``.
     """
 
     def __init__(self, run_batch: RunBatch, metrics: ServeMetrics, *, max_batch_size: int, max_wait_ms: float,
                  max_queue: int, run_generalist: RunGeneralist | None = None, run_route: RunRoute | None = None,
                  snapshot: Callable[[], Any] = lambda: None, max_batch_chars: int | None = None,
-                 max_generalist_batch_chars: int | None = None, max_queued_chars: int | None = None) -> None:
+                 max_generalist_batch_chars: int | None = None, max_queued_chars: int | None = None,
+                 generalist_stage: bool = True, max_escalated_chars: int | None = None,
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None) -> None:
         self.run_batch = run_batch
         self.run_generalist = run_generalist
+        self.generalist_stage = generalist_stage and run_generalist is not None
+        self.escalations = _Escalations(metrics, max_escalated_chars, skip_generalist)
         self.run_route = run_route
         self.snapshot = snapshot
         self.metrics = metrics
@@ -210,7 +250,7 @@ class MicroBatcher:
         if self._gen:
             self._gen_event.set()
         self._tasks = [asyncio.create_task(self._worker(), name="manyfold-batcher")]
-        if self.run_generalist is not None:
+        if self.generalist_stage:
             self._tasks.append(asyncio.create_task(self._generalist_worker(), name="manyfold-generalist"))
 
     async def stop(self) -> None:
@@ -306,7 +346,7 @@ class MicroBatcher:
                 log.exception("a batch of %d requests failed", len(jobs))
                 _fail(jobs, exc)
                 continue
-            at = 0
+            at, live, inline = 0, [], []
             for j, (a, b) in zip(jobs, spans):
                 part = results[at:at + b - a]
                 at += b - a
@@ -317,10 +357,26 @@ class MicroBatcher:
                 if any(isinstance(r, BaseException) for r in part):  # the request answers an error: stop its work
                     j.finish()
                     continue
-                for k, r in enumerate(part):
-                    if isinstance(r, Pending):
+                live.append(j)
+                for k, p in self.escalations.split(j, a, part):
+                    if self.generalist_stage:
                         j.remaining += 1
-                        self._gen.setdefault(j, deque()).append((a + k, r))
+                        self._gen.setdefault(j, deque()).append((k, p))
+                    else:
+                        inline.append((j, k, p))
+            if inline:  # one stage: the generalist before any item of this batch is answered
+                assert self.run_generalist is not None
+                try:
+                    done = await asyncio.to_thread(self.run_generalist, [p for _, _, p in inline])
+                except Exception as exc:
+                    log.exception("a generalist batch of %d items failed", len(inline))
+                    _fail([j for j, _, _ in inline], exc)
+                    done = []
+                for (j, k, _), r in zip(inline, done):
+                    j.results[k] = r
+            for j in live:
+                if j.future.done():
+                    continue
                 if j.parts:
                     self.queue.put_nowait(j)  # its next part waits behind the requests that came meanwhile
                 elif j.remaining == 0:
@@ -397,8 +453,12 @@ class DirectRunner:
     def __init__(self, run_batch: RunBatch, metrics: ServeMetrics, *, max_queue: int, run_route: RunRoute | None = None,
                  snapshot: Callable[[], Any] = lambda: None, max_batch_size: int = 1 << 30,
                  max_batch_chars: int | None = None, max_generalist_batch_chars: int | None = None,
-                 max_queued_chars: int | None = None) -> None:
+                 max_queued_chars: int | None = None, run_generalist: RunGeneralist | None = None,
+                 max_escalated_chars: int | None = None,
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None) -> None:
         self.run_batch = run_batch
+        self.run_generalist = run_generalist
+        self.escalations = _Escalations(metrics, max_escalated_chars, skip_generalist)
         self.run_route = run_route
         self.snapshot = snapshot
         self.metrics = metrics
@@ -429,12 +489,17 @@ class DirectRunner:
                     if route:
                         part = await asyncio.to_thread(self.run_route, items[a:b], job.snap)
                     else:
-                        part = await asyncio.to_thread(self.run_batch, items[a:b], [escalate] * (b - a), False,
-                                                       job.snap)
+                        part = await asyncio.to_thread(self.run_batch, items[a:b], [escalate] * (b - a),
+                                                       self.run_generalist is not None, job.snap)
                     job.parts.popleft()
                     job.results[a:b] = part
                     if any(isinstance(r, BaseException) for r in part):
                         break
+                    go = self.escalations.split(job, a, part)
+                    if go:
+                        assert self.run_generalist is not None
+                        for (k, _), r in zip(go, await asyncio.to_thread(self.run_generalist, [p for _, p in go])):
+                            job.results[k] = r
                 job.finish()
             except Exception as exc:
                 log.exception("a request of %d items failed", len(items))

@@ -45,7 +45,10 @@ class ServeConfig:
       in one encoder batch: a larger request runs in parts, each part going
       behind the requests that arrived meanwhile; ``max_generalist_batch_chars``:
       the most characters in one generalist call (escalated items are gathered
-      round robin across requests).
+      round robin across requests); ``max_escalated_chars``: the characters of
+      one request's items that may go to the generalist (its first escalated
+      item always may); its other escalated items keep the experts' answer,
+      flagged ``degraded`` (reason ``escalation_budget: ...``).
     - Slow clients: ``header_timeout_s`` (a request's headers must have arrived
       this long after its first byte, or after the connection opened; the
       connection is closed), ``body_timeout_s`` (the whole body, from the end
@@ -101,8 +104,9 @@ class ServeConfig:
     max_image_body_bytes: int = 64 << 20
     max_request_chars: int = 16_384
     max_queued_chars: int = 65_536
-    max_batch_chars: int = 8_192
-    max_generalist_batch_chars: int = 2_048
+    max_batch_chars: int = 4_096
+    max_generalist_batch_chars: int = 1_024
+    max_escalated_chars: int = 2_048
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 2048
@@ -125,7 +129,7 @@ class ServeConfig:
             raise ConfigError(f"ServeConfig.assembly must be a registry name or an Assembly, got {type(self.assembly).__name__}")
         for f in ("max_batch_size", "max_queue", "max_items_per_request", "max_body_bytes", "max_image_bytes",
                   "max_image_pixels", "max_request_pixels", "max_images_per_request", "max_image_body_bytes",
-                  "max_request_chars", "max_queued_chars", "max_batch_chars", "max_generalist_batch_chars",
+                  "max_request_chars", "max_queued_chars", "max_batch_chars", "max_generalist_batch_chars", "max_escalated_chars",
                   "max_connections",
                   "request_log_max_bytes"):
             v = getattr(self, f)

@@ -213,6 +213,25 @@ class Engine:
                 results[i] = pred
         return results
 
+    def skip_generalist(self, pending: Sequence[Pending], reason: str) -> list[Prediction]:
+        """Answer escalated items without the generalist: the experts' answer, flagged ``degraded`` with ``reason``
+        (the out-of-scope call from stage 1 alone, as when the generalist fails); counted as degraded items."""
+        results: list[Prediction] = [None] * len(pending)  # type: ignore[list-item]
+        batches: dict[int, list[int]] = {}
+        for i, p in enumerate(pending):
+            batches.setdefault(id(p.out), []).append(i)
+        for sel in batches.values():
+            first = pending[sel[0]]
+            asm, out = first.asm, first.out
+            rows = np.array([pending[i].row for i in sel])
+            out.degraded[rows] = True
+            out.reason[rows] = reason
+            out.is_oos[rows] = asm.policy_.fallback_is_oos(out.oos_small[rows])
+            for i, pred in zip(sel, asm.to_predictions(out.take(rows), first.per)):
+                results[i] = pred
+        self.metrics.degraded_items.inc(len(pending))
+        return results
+
     def _count(self, asm: Any, out: Any) -> None:
         m = self.metrics
         # the generalist's time is observed only where it ran (deferred items: in the generalist stage)

@@ -51,7 +51,10 @@ class ServeMetrics:
         self.generalist_failures = pc.Counter("manyfold_generalist_failures",
                                               "generalist calls that failed (answers flagged degraded)", registry=r)
         self.degraded_items = pc.Counter("manyfold_degraded_items", "items answered degraded", registry=r)
-        self.rejected = pc.Counter("manyfold_rejected_requests", "requests refused: queue full or timed out",
+        self.generalist_skipped = pc.Counter("manyfold_generalist_skipped_items",
+                                             "escalated items answered by the experts (degraded) because their "
+                                             "request's escalations passed max_escalated_chars", registry=r)
+        self.rejected = pc.Counter("manyfold_rejected_requests", "requests refused or given up: queue_full, work_full, timeout, disconnected, header_timeout, connections",
                                    ["reason"], registry=r)
         self.batch_errors = pc.Counter("manyfold_batch_errors", "items that got no answer because the pipeline raised",
                                        ["error"], registry=r)
