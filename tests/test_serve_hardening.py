@@ -586,6 +586,9 @@ def test_route_is_under_admission_control(asm):
     assert _metric(m, "manyfold_rejected_requests_total", reason="queue_full") == 3
 
 
+# -- the command line ------------------------------------------------------------------------------------------
+
+
 def test_the_cli_passes_the_request_log_rotation(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 

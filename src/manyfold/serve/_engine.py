@@ -1,8 +1,10 @@
 """The engine: runs one batch of items through the assembly being served, with fallbacks and metrics.
 
-It holds the current assembly; :meth:`Engine.swap` replaces it atomically (one
-reference assignment). A batch takes its snapshot of the assembly when it
-starts, so a batch in flight finishes on the assembly it began with.
+It holds the current assembly and its version as one snapshot;
+:meth:`Engine.swap` replaces both atomically (one reference assignment). A
+batch runs on the snapshot it is given (:meth:`Engine.snapshot` when it
+starts, or the one its request's first part ran on), so a batch in flight
+finishes on the assembly it began with and its answers carry that version.
 
 Failures are never swallowed: an expert that raises has its items answered
 by the generalist (``reason="expert_failed: <name>"``, counted in

@@ -38,7 +38,7 @@ class ServeMetrics:
                                                   "escalated items per generalist call", buckets=_SIZES, registry=r)
         self.generalist_queue_depth = pc.Gauge("manyfold_generalist_queue_depth",
                                                "escalated items waiting for the generalist", registry=r)
-        self.in_flight = pc.Gauge("manyfold_requests_in_flight", "predict requests accepted and not yet answered",
+        self.in_flight = pc.Gauge("manyfold_requests_in_flight", "predict and route requests accepted and not yet answered",
                                   registry=r)
         self.items = pc.Counter("manyfold_items", "items answered", registry=r)
         self.escalations = pc.Counter("manyfold_escalations", "items escalated to the generalist, by top expert and reason",
