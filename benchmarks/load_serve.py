@@ -23,6 +23,23 @@ p50/p99 latency and failures:
 Latencies are also split by path: requests answered by the experts alone
 and requests escalated to the generalist.
 
+``--hostile`` (runs ``offline,maximal,hostile``; issue 14, must-show 2), each on a server with the default
+``ServeConfig`` limits and timeouts:
+
+7. ``maximal``: one maximal request alone on an idle server, in two forms: long natural texts
+   (CLINC150 test texts joined up to ``max_chars``, items up to ``max_request_chars`` characters in all)
+   and dense ones (``--dense-chars`` characters of punctuation each: about one token per character,
+   the most encoder work a character can buy); each answers within ``request_timeout_s`` or the
+   limits are too high for this machine;
+8. ``hostile``: the paced run at ``--hostile-fraction`` (default 0.5) of offline throughput twice, with
+   the same arrivals: ``calm`` alone, then ``hostile`` with a hostile mix beside it in the same process:
+   ``--slow-connections`` (1,000) connections sending their request one byte per ``--slow-interval``
+   (5 s) (half the headers, half the body after complete headers), reconnecting when the server closes
+   them; ``--maximal-in-flight`` (2) maximal predict requests kept in flight (``--maximal-kind``: natural
+   texts, or dense ones); ``--route-flood`` (8)
+   clients sending 256-item ``/v1/route`` requests back to back. The well-behaved clients must see
+   zero failures and a p99 at most twice the calm one.
+
 A closed loop of N clients obeys Little's law: mean latency = N / throughput.
 With 64 clients, p99 <= 250 ms needs at least 256 answered requests per
 second; the report prints that bound next to the measured numbers.
@@ -84,10 +101,13 @@ def bench_registry(args: argparse.Namespace) -> str:
     return str(root)
 
 
-def start_server(args: argparse.Namespace, port: int, micro_batching: bool, generalist_stage: bool = True
-                 ) -> subprocess.Popen:
-    opts = dict(micro_batching=micro_batching, generalist_stage=generalist_stage, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, log_level="warning",
+def start_server(args: argparse.Namespace, port: int, micro_batching: bool, generalist_stage: bool = True,
+                 defaults: bool = False) -> subprocess.Popen:
+    """The server in a subprocess; ``defaults``: the ServeConfig limits and timeouts as shipped (not the
+    benchmark's ``--max-batch-size`` ... ``--request-timeout-s``)."""
+    tuning = {} if defaults else dict(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                                      max_queue=args.max_queue, request_timeout_s=args.request_timeout_s)
+    opts = dict(micro_batching=micro_batching, generalist_stage=generalist_stage, **tuning, log_level="warning",
                 threads=args.server_threads, version=1)
     code = (f"from manyfold.serve import serve_main; "
             f"serve_main({args.name!r}, '127.0.0.1', {port}, {args.bench_registry!r}, **{opts!r})")
@@ -241,10 +261,13 @@ def server_batches(base: str) -> dict[str, float]:
 
 
 def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching: bool, swap: bool,
-                     rate: float | None = None, generalist_stage: bool = True) -> dict[str, Any]:
+                     rate: float | None = None, generalist_stage: bool = True, hostile: bool | None = None
+                     ) -> dict[str, Any]:
+    """One server, warmed up, then measured. ``hostile`` None: the classic phases (the benchmark's tuning);
+    False / True: the server's defaults, without / with the hostile mix beside the well-behaved clients."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(args, port, micro_batching, generalist_stage)
+    proc = start_server(args, port, micro_batching, generalist_stage, defaults=hostile is not None)
     try:
         startup = wait_ready(proc, base, args.startup_limit)
         asyncio.run(drive(base, texts[::-1], args.warmup, args.concurrency, args.time_limit))  # warm-up, not measured
@@ -264,8 +287,11 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
                 out.append({**got, "seconds": round(time.perf_counter() - t0, 2)})
             return out
 
-        res = drive(base, texts, args.requests, args.concurrency, args.time_limit, reloads if swap else None, rate=rate)
-        res = asyncio.run(res)
+        if hostile:
+            res = asyncio.run(with_hostile_mix(args, base, texts, rate))
+        else:
+            res = asyncio.run(drive(base, texts, args.requests, args.concurrency, args.time_limit,
+                                    reloads if swap else None, rate=rate))
         after = server_batches(base)
         n = after["batches"] - before["batches"]
         res["server_mean_batch_items"] = round(n and (after["mean_batch_items"] * after["batches"]
@@ -274,6 +300,165 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
         return res
     finally:
         stop_server(proc)
+
+
+# -- the hostile mix (issue 14) --------------------------------------------------------------------------------
+def maximal_items(texts: list[str], budget: int, max_chars: int, dense: int | None = None) -> list[str]:
+    """Items of one maximal request: ``budget`` characters in all, each item at most ``max_chars`` long (and at
+    most 256 items). Natural: test texts joined; ``dense``: items of ``dense`` punctuation characters (a
+    WordPiece tokenizer makes one token of each: the most work per character)."""
+    size = min(dense or max_chars, max_chars, budget)
+    out: list[str] = []
+    i = 0
+    while sum(map(len, out)) + 1 <= budget and len(out) < 256:
+        n = min(size, budget - sum(map(len, out)))
+        if dense:
+            item = ("!?.," * (n // 4 + 1))[:n]
+        else:
+            item = ""
+            while len(item) < n:
+                item += texts[i % len(texts)] + " "
+                i += 1
+            item = item[:n].rstrip() or "x"
+        out.append(item)
+    return out
+
+
+async def maximal_requests(args: argparse.Namespace, base: str, texts: list[str]) -> list[dict[str, Any]]:
+    """One maximal request at a time on an idle server, natural then dense; seconds, status, escalated items."""
+    from manyfold.serve import ServeConfig
+
+    cfg = ServeConfig(assembly="x")
+    host, port = base.split("//", 1)[1].split(":")
+    out = []
+    for kind, dense in (("natural", None), ("dense", args.dense_chars)):
+        items = maximal_items(texts, cfg.max_request_chars, 2000, dense)
+        conn = RawConnection(host, int(port))
+        t0 = time.perf_counter()
+        status, data = await conn.post("/v1/predict", json.dumps({"items": items}).encode())
+        seconds = time.perf_counter() - t0
+        conn.close()
+        body = json.loads(data) if data else {}
+        preds = body.get("predictions", [])
+        out.append({"kind": kind, "items": len(items), "chars": sum(map(len, items)), "status": status,
+                    "seconds": round(seconds, 2), "escalated": sum(p["escalated"] for p in preds),
+                    "degraded": sum(p["degraded"] for p in preds),
+                    "request_timeout_s": cfg.request_timeout_s, "within_timeout": status == 200
+                    and seconds <= cfg.request_timeout_s, **({"error": body} if status != 200 else {})})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+class HostileMix:
+    """Slow connections, maximal predict requests kept in flight and a flood of 256-item route requests."""
+
+    def __init__(self, args: argparse.Namespace, base: str, texts: list[str]) -> None:
+        from manyfold.serve import ServeConfig
+
+        self.args = args
+        self.host, port = base.split("//", 1)[1].split(":")
+        self.port = int(port)
+        cfg = ServeConfig(assembly="x")
+        dense = args.dense_chars if args.maximal_kind == "dense" else None
+        self.maximal = json.dumps({"items": maximal_items(texts, cfg.max_request_chars, 2000, dense)}).encode()
+        self.route = json.dumps({"items": texts[:args.route_items]}).encode()
+        self.stop_event = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.stats: dict[str, Any] = {"slow": {"connections": 0, "answers": {}, "closed_silently": 0,
+                                               "connect_failed": 0, "held_s": []},
+                                      "maximal": {"codes": {}, "seconds": []}, "route": {"codes": {}, "seconds": []}}
+
+    async def start(self) -> None:
+        a = self.args
+        for i in range(a.slow_connections):
+            self.tasks.append(asyncio.create_task(self.slow(i, i * a.slow_ramp / max(1, a.slow_connections))))
+        for _ in range(a.maximal_in_flight):
+            self.tasks.append(asyncio.create_task(self.loop("/v1/predict", self.maximal, self.stats["maximal"])))
+        for _ in range(a.route_flood):
+            self.tasks.append(asyncio.create_task(self.loop("/v1/route", self.route, self.stats["route"])))
+
+    async def stop(self) -> dict[str, Any]:
+        self.stop_event.set()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        out = json.loads(json.dumps(self.stats))
+        held = out["slow"].pop("held_s")
+        out["slow"]["held_s_p50_max"] = [round(float(np.percentile(held, 50)), 1), round(max(held), 1)] if held else None
+        for k in ("maximal", "route"):
+            sec = out[k].pop("seconds")
+            out[k]["answered_p50_max_s"] = [round(float(np.percentile(sec, 50)), 2), round(max(sec), 2)] if sec else None
+        return out
+
+    async def slow(self, i: int, delay: float) -> None:
+        """One connection that sends its request one byte per ``--slow-interval``; reconnects when closed."""
+        await asyncio.sleep(delay)
+        body = b'{"item": "a slow client"}'
+        head = (f"POST /v1/predict HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        st = self.stats["slow"]
+        while not self.stop_event.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                st["connect_failed"] += 1
+                await asyncio.sleep(1)
+                continue
+            st["connections"] += 1
+            t0 = time.perf_counter()
+            if i % 2:  # the body slowly, after complete headers
+                writer.write(head)
+                trickle = body
+            else:  # the headers slowly
+                trickle = head + body
+            try:
+                for k in range(len(trickle)):
+                    writer.write(trickle[k:k + 1])
+                    await writer.drain()
+                    try:
+                        line = await asyncio.wait_for(reader.readline(), self.args.slow_interval)
+                    except asyncio.TimeoutError:
+                        continue
+                    if line:
+                        code = line.split(b" ")[1].decode() if len(line.split(b" ")) > 1 else "?"
+                        st["answers"][code] = st["answers"].get(code, 0) + 1
+                    else:
+                        st["closed_silently"] += 1
+                    break
+            except (OSError, asyncio.IncompleteReadError):
+                st["closed_silently"] += 1
+            finally:
+                st["held_s"].append(time.perf_counter() - t0)
+                writer.close()
+
+    async def loop(self, path: str, body: bytes, st: dict[str, Any]) -> None:
+        """One client sending ``body`` to ``path`` back to back (0.1 s pause after a refusal)."""
+        conn = RawConnection(self.host, self.port)
+        while not self.stop_event.is_set():
+            t0 = time.perf_counter()
+            try:
+                status, _ = await conn.post(path, body)
+                code = str(status)
+            except OSError as exc:
+                status, code = 0, type(exc).__name__
+            st["codes"][code] = st["codes"].get(code, 0) + 1
+            if status == 200:
+                st["seconds"].append(time.perf_counter() - t0)
+            else:
+                await asyncio.sleep(0.1)
+        conn.close()
+
+
+async def with_hostile_mix(args: argparse.Namespace, base: str, texts: list[str], rate: float | None) -> dict[str, Any]:
+    mix = HostileMix(args, base, texts)
+    await mix.start()
+    await asyncio.sleep(args.slow_ramp + 1.0)  # every slow connection open, the floods running
+    try:
+        res = await drive(base, texts, args.requests, args.concurrency, args.time_limit, rate=rate)
+    finally:
+        res_hostile = await mix.stop()
+    res["hostile_mix"] = res_hostile
+    return res
 
 
 def offline(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
@@ -358,6 +543,24 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
         md += ["", "Targets:", *[f"- {c}" for c in checks]]
     if "hot_swap" in result["phases"]:
         md += ["", f"Hot swap: reloads during the run: {result['phases']['hot_swap'].get('reloads')}"]
+    if result.get("maximal"):
+        md += ["", "Maximal requests alone on an idle server with the default limits (`max_request_chars` characters):"]
+        for m in result["maximal"]:
+            md.append(f"- {m['kind']}: {m['items']} items, {m['chars']:,} characters, {m['escalated']} escalated "
+                      f"({m.get('degraded', 0)} of them over max_escalated_chars, degraded): "
+                      f"status {m['status']} in {m['seconds']} s (request_timeout_s {m['request_timeout_s']}: "
+                      f"{'within' if m['within_timeout'] else 'NOT within'})")
+    calm, hot = (result["phases"].get(f"hostile_{k}") for k in ("calm", "mix"))
+    if calm and hot:
+        ratio = hot["p99_ms"] / calm["p99_ms"] if calm["p99_ms"] else float("inf")
+        ok = hot["failed"] == 0 and calm["failed"] == 0 and ratio <= 2.0
+        mix = hot.get("hostile_mix", {})
+        md += ["", f"Hostile mix at {result.get('hostile_fraction')} of offline throughput (same arrivals, default "
+               f"server settings): well-behaved p99 {calm['p99_ms']} ms calm, {hot['p99_ms']} ms with the mix "
+               f"({ratio:.2f}x; target <= 2x), failures {calm['failed']} / {hot['failed']} (target 0): "
+               f"**{'holds' if ok else 'NOT met'}**.",
+               f"- slow connections: {mix.get('slow')}", f"- maximal predict in flight: {mix.get('maximal')}",
+               f"- 256-item route flood: {mix.get('route')}"]
     (out / f"serve_load{args.suffix}.md").write_text("\n".join(md) + "\n")
 
 
@@ -374,7 +577,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=1024)
-    p.add_argument("--request-timeout-s", type=float, default=120.0)
+    p.add_argument("--request-timeout-s", type=float, default=120.0,
+                   help="the classic runs' server timeout (the maximal and hostile runs use the server's defaults)")
     p.add_argument("--server-threads", type=int, default=None, help="torch threads of the server (default: torch's)")
     p.add_argument("--reloads", type=int, default=2, help="hot reloads during the hot-swap run")
     p.add_argument("--reload-after", type=float, default=2.0, help="seconds before each reload")
@@ -383,12 +587,27 @@ def main(argv: list[str] | None = None) -> None:
                    help="paced runs: arrival rates as shares of offline throughput (comma-separated)")
     p.add_argument("--no-paced-one-stage", dest="paced_one_stage", action="store_false",
                    help="skip the one-stage server in the paced runs (by default each rate runs on both)")
+    p.add_argument("--hostile", action="store_true",
+                   help="run offline, maximal and hostile (the hostile mix of issue 14) instead of --runs")
+    p.add_argument("--hostile-fraction", type=float, default=0.5, help="hostile run: arrivals as a share of offline")
+    p.add_argument("--slow-connections", type=int, default=1000)
+    p.add_argument("--slow-interval", type=float, default=5.0, help="seconds between the slow clients' bytes")
+    p.add_argument("--slow-ramp", type=float, default=5.0, help="seconds over which the slow connections open")
+    p.add_argument("--maximal-in-flight", type=int, default=2)
+    p.add_argument("--maximal-kind", choices=("natural", "dense"), default="natural",
+                   help="hostile run: the maximal requests kept in flight hold natural or dense texts")
+    p.add_argument("--route-flood", type=int, default=8, help="clients sending route requests back to back")
+    p.add_argument("--route-items", type=int, default=256)
+    p.add_argument("--dense-chars", type=int, default=384,
+                   help="maximal run: characters per dense item (mpnet reads 384 tokens)")
     p.add_argument("--note", default="", help="a line printed in the report (e.g. what else ran on the machine)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--suffix", default="", help="result files: serve_load<suffix>.json / .md")
     p.add_argument("--log-dir", default="/tmp", help="where the servers' logs go")
     p.add_argument("--work-dir", default="/tmp/manyfold_load_bench", help="the benchmark's own registry goes here")
     args = p.parse_args(argv)
+    if args.hostile:
+        args.runs = "offline,maximal,hostile"
     args.bench_registry = bench_registry(args)
     import manyfold
 
@@ -419,6 +638,28 @@ def main(argv: list[str] | None = None) -> None:
             print(f"running {run} ...", flush=True)
             result["phases"][run] = run_server_phase(args, texts, mb, swap, rate, stage)
             print(json.dumps(result["phases"][run]), flush=True)
+            write(args, result)
+    if "maximal" in runs:
+        print("running maximal ...", flush=True)
+        port = free_port()
+        proc = start_server(args, port, True, defaults=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            result["maximal_startup_seconds"] = round(wait_ready(proc, base, args.startup_limit), 1)
+            asyncio.run(drive(base, texts[::-1], args.warmup, 4, args.time_limit))  # warm-up
+            result["maximal"] = asyncio.run(maximal_requests(args, base, texts))
+        finally:
+            stop_server(proc)
+        write(args, result)
+    if "hostile" in runs:
+        if "offline" not in result:
+            raise SystemExit("the hostile run needs the offline run (its rate is a share of offline throughput)")
+        rate = args.hostile_fraction * result["offline"]["throughput_items_per_s"]
+        result["hostile_fraction"] = args.hostile_fraction
+        for key, mix in (("hostile_calm", False), ("hostile_mix", True)):
+            print(f"running {key} ...", flush=True)
+            result["phases"][key] = run_server_phase(args, texts, True, False, rate, True, hostile=mix)
+            print(json.dumps(result["phases"][key]), flush=True)
             write(args, result)
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     write(args, result)

@@ -469,7 +469,7 @@ def test_shutdown_answers_requests_in_either_stage():
 
     gate = threading.Event()
 
-    def run_batch(items, flags, defer=False):  # "esc..." items escalate; "slow..." items hold the small stage
+    def run_batch(items, flags, defer=False, snap=None):  # "esc..." items escalate; "slow..." items hold the small stage
         if any(i.startswith("slow") for i in items):
             gate.wait(5)
         return [Pending(None, None, 0, i, {}) if i.startswith("esc") else i.upper() for i in items]

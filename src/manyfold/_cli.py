@@ -812,7 +812,12 @@ def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
           host: str = typer.Option("127.0.0.1", help="address to bind"), port: int = typer.Option(8000, help="port"),
           threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: torch's choice)"),
           request_log: Optional[str] = typer.Option(None, "--request-log",
-                                                    help="append every answered request to this JSONL file (a pool for distill)"),
+                                                    help="append every answered request to this JSONL file (a pool for "
+                                                         "distill; created 0600, rotated by size)"),
+          request_log_max_bytes: int = typer.Option(64 << 20, "--request-log-max-bytes",
+                                                    help="rotate the request log before it passes this size"),
+          request_log_backups: int = typer.Option(4, "--request-log-backups",
+                                                  help="rotated request logs kept (FILE.1 ... FILE.N; 0: none)"),
           generalist_stage: bool = typer.Option(True, "--generalist-stage/--one-stage",
                                                 help="escalated items wait for the generalist in a stage of their own "
                                                      "(the others are answered at once); --one-stage waits for the whole batch"),
@@ -825,6 +830,7 @@ def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
     from .serve import serve_main
 
     serve_main(name, host, port, None, ray=ray, threads=threads, request_log=request_log,
+               request_log_max_bytes=request_log_max_bytes, request_log_backups=request_log_backups,
                generalist_stage=generalist_stage, **({"allowed_hosts": tuple(allowed_host)} if allowed_host else {}))
 
 

@@ -4,9 +4,19 @@ Endpoints: ``POST /v1/predict``, ``POST /v1/route``, ``GET /v1/experts``,
 admin (bearer token) ``POST /v1/experts``, ``DELETE /v1/experts/{name}``,
 ``POST /v1/admin/reload``; ``GET /healthz``, ``GET /readyz``, ``GET /metrics``;
 OpenAPI at ``/docs``. Errors have one body, ``{"error", "message", "field"}``;
-bad input is always a 4xx that names the field. A request for a host the
-server does not answer gets 400 before anything else (:mod:`._hosts`, DNS
-rebinding); a corrupt or untrusted registry version to reload is a 409 / 403.
+bad input is always a 4xx that names the field (a body that is not UTF-8,
+JSON nested too deep or an integer too long to read is a 422 like any invalid
+JSON; an unknown path or method answers in the same shape). A request for a
+host the server does not answer gets 400 before anything else (:mod:`._hosts`,
+DNS rebinding); an admin request without the right token gets 401 / 403 before
+its body is read; a corrupt or untrusted registry version to reload is a 409 /
+403.
+
+Admission: ``/v1/predict`` and ``/v1/route`` go through the same runner
+(:mod:`._batching`): a request over ``max_request_chars`` is 413, one that
+finds the queue or the admitted work full is 503 + ``Retry-After``; a caller
+that times out (504) or disconnects has its remaining work dropped. An answer's
+``version`` is the snapshot its batches ran on.
 
 An assembly whose encoder takes images answers the same two inference paths:
 JSON ``{"images": [base64, ...]}`` / ``{"image": base64}``, or a
@@ -23,26 +33,28 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._exceptions import ArtifactError, ConfigError, DependencyError, InputError, NotFoundError, TrustError
 from .._validation import check_items
 from ..routers import top_k
 from ._admin import BusyError, Controller, NoRegistryError
-from ._batching import DirectRunner, MicroBatcher, QueueFullError
+from ._batching import DirectRunner, MicroBatcher, QueueFullError, work_of
 from ._config import ServeConfig
 from ._engine import Engine, PipelineError
 from ._hosts import HostCheck
 from ._images import TAKES_IMAGES, TAKES_TEXTS, ImageLimits, ImageRefused, ImageSource, check_count, decode_images, \
     image_content_type_ok
-from ._limits import BodySizeLimit, RequestMetrics
+from ._limits import AdminAuth, BodySizeLimit, RequestMetrics
 from ._metrics import ServeMetrics
 from ._reqlog import RequestLog
 from ._schemas import (BODY_TAGS, ChangeResponse, ErrorBody, ExpertOut, Health, PredictResponse, Ready, ReloadRequest,
@@ -133,6 +145,23 @@ def _field(loc: Any) -> str:
     return ".".join(parts) if parts else "body"
 
 
+def _parse_failure(cause: BaseException | None) -> str:
+    """Why FastAPI could not read a JSON body (it answers these with a bare 400 of its own)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8: byte 0x{cause.object[cause.start]:02x} at position {cause.start}"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "an integer of more than 4300 digits"
+    return f"{type(cause).__name__}: {str(cause)[:200]}" if cause is not None else "unreadable"
+
+
+def _is_admin(scope: Any) -> bool:
+    """The admin endpoints: POST /v1/experts, DELETE /v1/experts/{name}, /v1/admin/*."""
+    path, method = scope.get("path", ""), scope.get("method", "GET")
+    return path.startswith("/v1/admin") or (path.startswith("/v1/experts") and method not in ("GET", "HEAD"))
+
+
 def _endpoint(path: str) -> str:
     if path in _ROUTES:
         return path
@@ -159,14 +188,20 @@ def create_app(config: ServeConfig) -> FastAPI:
                     modality=modality)
     PredictBody, RouteBody, AddExpertRequest = M.PredictBody, M.RouteBody, M.AddExpertRequest
     ImagePredictRequest, ImageRouteRequest = M.ImagePredictRequest, M.ImageRouteRequest
+    admission = dict(max_queue=config.max_queue, max_batch_size=config.max_batch_size,
+                     max_batch_chars=config.max_batch_chars, max_queued_chars=config.max_queued_chars,
+                     max_generalist_batch_chars=config.max_generalist_batch_chars,
+                     run_route=engine.run_route, snapshot=engine.snapshot)
+    admission.update(run_generalist=engine.run_generalist, skip_generalist=engine.skip_generalist,
+                     max_escalated_chars=config.max_escalated_chars)
     if config.micro_batching:
-        runner: Any = MicroBatcher(engine.run_batch, metrics, max_batch_size=config.max_batch_size,
-                                   max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
-                                   run_generalist=engine.run_generalist if config.generalist_stage else None)
+        runner: Any = MicroBatcher(engine.run_batch, metrics, max_wait_ms=config.max_wait_ms,
+                                   generalist_stage=config.generalist_stage, **admission)
     else:
-        runner = DirectRunner(engine.run_batch, metrics, max_queue=config.max_queue)
+        runner = DirectRunner(engine.run_batch, metrics, **admission)
     token = config.resolved_admin_token()
-    reqlog = RequestLog(config.request_log) if config.request_log else None
+    reqlog = (RequestLog(config.request_log, config.request_log_max_bytes, config.request_log_backups)
+              if config.request_log else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -204,7 +239,17 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
-    def _raise_for(exc: BaseException) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's and Starlette's own errors, in the documented shape."""
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the JSON body
+            why = _parse_failure(exc.__cause__)
+            return _error(422, "invalid_request", f"body: the body is not valid JSON ({why})", "body")
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}",
+                      headers=getattr(exc, "headers", None))
+
+    def _raise_for(exc: BaseException) -> NoReturn:
         if isinstance(exc, ImageRefused):
             code = {413: "too_large", 415: "unsupported_media_type"}.get(exc.status, "invalid_request")
             raise ApiError(exc.status, code, str(exc), exc.field)
@@ -235,7 +280,20 @@ def create_app(config: ServeConfig) -> FastAPI:
             return config.max_image_body_bytes, "max_image_body_bytes"
         return config.max_body_bytes, "max_body_bytes"
 
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, limit_for=body_limit)
+    def admin_refusal(authorization: str | None) -> ApiError | None:
+        """401 / 403 for an admin request without the right bearer token, else None."""
+        scheme, _, cred = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not cred.strip():
+            return ApiError(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <admin token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+        if token is None or not hmac.compare_digest(cred.strip().encode(), token.encode()):
+            return ApiError(403, "forbidden", "wrong admin token" if token else
+                            "the admin API is off: start the server with an admin token (MANYFOLD_ADMIN_TOKEN)")
+        return None
+
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, limit_for=body_limit,
+                       timeout_s=config.body_timeout_s)
+    app.add_middleware(AdminAuth, refuse=admin_refusal, applies=_is_admin)  # the token before the body is read
     app.add_middleware(HostCheck, allowed=config.allowed_hosts)  # before any body is read; its 400s are counted
 
     def _record(ep: str, method: str, status: int, seconds: float) -> None:
@@ -251,12 +309,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         return engine.asm
 
     async def admin(cred: HTTPAuthorizationCredentials | None = Depends(HTTPBearer(auto_error=False))) -> None:
-        if cred is None or cred.scheme.lower() != "bearer":
-            raise ApiError(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <admin token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if token is None or not hmac.compare_digest(cred.credentials.encode(), token.encode()):
-            raise ApiError(403, "forbidden", "wrong admin token" if token else
-                           "the admin API is off: start the server with an admin token (MANYFOLD_ADMIN_TOKEN)")
+        """(Checked by :class:`AdminAuth` before the body is read; here too, and for the OpenAPI document.)"""
+        refused = admin_refusal(f"{cred.scheme} {cred.credentials}" if cred is not None else None)
+        if refused is not None:
+            raise refused
 
     # -- inference ------------------------------------------------------------------------
     def _expect(asm: Any, images: bool, field: str) -> None:
@@ -277,57 +333,88 @@ def create_app(config: ServeConfig) -> FastAPI:
         except DependencyError as exc:  # no Pillow on this server: it cannot read any image
             raise ApiError(501, "not_implemented", str(exc)) from None
 
-    async def _predict(asm: Any, items: list[Any], escalate: bool, images: list[dict[str, Any]] | None = None
-                       ) -> JSONResponse:
-        try:
-            check_items(items, **({"encoder": asm.encoder} if images is not None else
-                                  {"modality": getattr(asm.encoder, "modality", None)}), max_chars=asm.config.max_chars)
-            fut = runner.submit(items, escalate)
-        except (InputError, QueueFullError) as exc:
-            _raise_for(exc)
+    def _check_work(items: list[Any]) -> None:
+        work = work_of(items)
+        if work > config.max_request_chars:
+            raise ApiError(413, "too_large", f"items: {work:,} characters in this request; the limit is "
+                           f"{config.max_request_chars:,} (max_request_chars): send fewer or shorter texts per "
+                           "request", "items")
+
+    async def _disconnected(request: Request) -> bool:
+        """Returns once the client has gone (the body was read already: the next message is the disconnect)."""
+        while True:
+            if (await request.receive())["type"] == "http.disconnect":
+                return True
+
+    async def _answer(fut: asyncio.Future, request: Request) -> tuple[list[Any], float, Any]:
+        """Wait for the runner's answer; a caller that times out or disconnects has its remaining work dropped."""
+        gone = asyncio.ensure_future(_disconnected(request))
         metrics.in_flight.inc()
         try:
-            results, queued = await asyncio.wait_for(fut, config.request_timeout_s)
-        except asyncio.TimeoutError:
-            metrics.rejected.labels("timeout").inc()
-            raise ApiError(504, "timeout", f"no answer within {config.request_timeout_s} s (request_timeout_s)") from None
-        except QueueFullError as exc:
-            _raise_for(exc)
+            done, _ = await asyncio.wait((fut, gone), timeout=config.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
         finally:
             metrics.in_flight.dec()
+            gone.cancel()
+            if not fut.done():
+                fut.cancel()  # nobody waits for it any more: the runner drops its parts that have not run
+        if fut in done:
+            try:
+                return fut.result()
+            except Exception as exc:
+                _raise_for(exc)
+        if gone in done:
+            metrics.rejected.labels("disconnected").inc()
+            raise ApiError(499, "client_closed", "the client closed the connection before the answer; its work was "
+                           "dropped")
+        metrics.rejected.labels("timeout").inc()
+        raise ApiError(504, "timeout", f"no answer within {config.request_timeout_s} s (request_timeout_s); "
+                       "its remaining work was dropped")
+
+    async def _submit(request: Request, items: list[Any], escalate: bool, route: bool) -> tuple[list[Any], Any]:
+        _check_work(items)
+        try:
+            fut = runner.submit(items, escalate, route=route)
+        except QueueFullError as exc:
+            _raise_for(exc)
+        results, queued, snap = await _answer(fut, request)
         for r in results:
             if isinstance(r, BaseException):
                 _raise_for(r)
+        return results, (queued, snap)
+
+    async def _predict(request: Request, asm: Any, items: list[Any], escalate: bool,
+                       images: list[dict[str, Any]] | None = None) -> JSONResponse:
+        try:
+            check_items(items, **({"encoder": asm.encoder} if images is not None else
+                                  {"modality": getattr(asm.encoder, "modality", None)}), max_chars=asm.config.max_chars)
+        except InputError as exc:
+            _raise_for(exc)
+        results, (queued, snap) = await _submit(request, items, escalate, route=False)
+        ran, version = snap if snap is not None else (asm, engine.version)  # the snapshot its batches ran on
         out = []
         for p in results:
             d = p.to_dict()
-            d["out_of_scope"] = d["label"] == asm.config.oos_label
+            d["out_of_scope"] = d["label"] == ran.config.oos_label
             d["timings_ms"] = {**d["timings_ms"], "queue": round(1e3 * queued, 4)}
             out.append(d)
         if reqlog is not None:
-            reqlog.write(items, out, engine.version, images=images)
+            reqlog.write(items, out, version, images=images)
         # built from plain dicts of the declared fields: answered as is, without a second pydantic pass
-        return JSONResponse({"predictions": out, "assembly": config.registry_name, "version": engine.version})
+        return JSONResponse({"predictions": out, "assembly": config.registry_name, "version": version})
 
-    async def _route(asm: Any, items: list[Any], k: int | None) -> dict[str, Any]:
-        k = min(k or asm.config.top_k, len(asm.router.experts_))
-
-        def go() -> Any:
-            pr = asm.router.predict_proba(asm.encoder.encode(items))
-            return pr, *top_k(pr, k)
-
-        try:
-            pr, idx, w = await asyncio.wait_for(asyncio.to_thread(go), config.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"no answer within {config.request_timeout_s} s") from None
-        except InputError as exc:
-            _raise_for(exc)
-        names = asm.router.experts_
+    async def _route(request: Request, asm: Any, items: list[Any], k: int | None) -> dict[str, Any]:
+        results, (_, snap) = await _submit(request, items, True, route=True)
+        ran, version = snap if snap is not None else (asm, engine.version)
+        names = ran.router.experts_
+        k = min(k or ran.config.top_k, len(names))
+        pr = np.stack(results)
+        idx, w = top_k(pr, k)
         routes = [{"experts": [{"name": str(names[j]), "score": float(pr[i, j]), "weight": float(w[i, s])}
                                for s, j in enumerate(idx[i])]} for i in range(len(items))]
-        return {"routes": routes, "version": engine.version}
+        return {"routes": routes, "version": version}
 
-    async def predict(body: PredictBody) -> Any:  # type: ignore[valid-type]
+    async def predict(body: PredictBody, request: Request) -> Any:  # type: ignore[valid-type]
         """Labels (or out-of-scope) for the items, with the experts used, escalation and per-stage timings.
 
         Texts: ``{"items": [...]}`` / ``{"item": "..."}``. Images (an image assembly): ``{"images": [base64, ...]}``
@@ -337,20 +424,20 @@ def create_app(config: ServeConfig) -> FastAPI:
         if isinstance(body, ImagePredictRequest):
             _expect(asm, True, "images" if body.images is not None else "image")
             items, info = await _images([ImageSource(f, d) for f, d in body.sources()], "images")
-            return await _predict(asm, items, body.escalate, info)
+            return await _predict(request, asm, items, body.escalate, info)
         _expect(asm, False, "items" if body.items is not None else "item")
-        return await _predict(asm, body.texts(), body.escalate)
+        return await _predict(request, asm, body.texts(), body.escalate)
 
-    async def route(body: RouteBody) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def route(body: RouteBody, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
         """The routing decision only: the top-k experts per item with the router's scores (texts or images,
         as for ``/v1/predict``)."""
         asm = _ready()
         if isinstance(body, ImageRouteRequest):
             _expect(asm, True, "images" if body.images is not None else "image")
             items, _ = await _images([ImageSource(f, d) for f, d in body.sources()], "images")
-            return await _route(asm, items, body.k)
+            return await _route(request, asm, items, body.k)
         _expect(asm, False, "items" if body.items is not None else "item")
-        return await _route(asm, body.texts(), body.k)
+        return await _route(request, asm, body.texts(), body.k)
 
     # -- uploads (multipart/form-data) on the same paths ------------------------------------
     async def _form(request: Request, option: str) -> tuple[list[ImageSource], str | None]:
@@ -428,7 +515,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         sources, escalate = await _form(request, "escalate")
         esc = _flag("escalate", escalate, True)
         items, info = await _images(sources, "files")
-        return await _predict(asm, items, esc, info)
+        return await _predict(request, asm, items, esc, info)
 
     async def route_upload(request: Request) -> Response:
         asm = _ready()
@@ -443,7 +530,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             if not 1 <= kk <= 64:
                 raise ApiError(422, "invalid_request", f"k: {k[:40]!r} is not an integer from 1 to 64", "k")
         items, _ = await _images(sources, "files")
-        return JSONResponse(await _route(asm, items, kk))
+        return JSONResponse(await _route(request, asm, items, kk))
 
     def refuse_media(request: Request) -> None:
         """An image assembly takes JSON or multipart only (a text one keeps FastAPI's answer: 422)."""

@@ -1,21 +1,46 @@
-"""Dynamic micro-batching: many concurrent requests, one encoder batch.
+"""Dynamic micro-batching with admission control: many concurrent requests, one encoder batch.
 
-Requests go into a bounded :class:`asyncio.Queue`. One worker takes the
-first waiting request, then gathers more until the batch holds
-``max_batch_size`` items or ``max_wait_ms`` has passed, runs the whole batch
-in a thread (one encoder call) and hands each request its slice of the
-results. A full queue refuses new requests at once (:class:`QueueFullError`,
-served as 503 + ``Retry-After``). A request whose caller gave up (timeout)
-before its batch started is skipped.
+Admission (:meth:`MicroBatcher.submit`): a request is refused at once
+(:class:`QueueFullError`, served as 503 + ``Retry-After``) when ``max_queue``
+requests are already admitted and not answered, or when its characters would
+take the admitted work past ``max_queued_chars`` (a request alone is always
+admitted: its own size is bounded by the app's ``max_request_chars``). A large
+request (one that runs in more than one part, below) is admitted only while the
+large requests' work stays within half of ``max_queued_chars``: large requests
+can never take the room of small ones. The work of a request is the number of
+characters of its texts (an image counts 0: its request is bounded by the image
+limits and ``max_queue``).
+
+Batching: each request is cut into parts of at most ``max_batch_size`` items
+and ``max_batch_chars`` characters (an item is never cut). One worker takes the
+first waiting part, gathers more until the batch holds ``max_batch_size`` items
+or ``max_batch_chars`` characters or ``max_wait_ms`` has passed, runs the whole
+batch in a thread (one encoder call) and hands each request its slice. A
+request's next part goes to the back of the queue when its previous part is
+done, so a large request shares the encoder with the requests that arrived
+after it (round robin) instead of holding it until it is finished.
+
+A request whose caller has gone (timed out or disconnected: its future is
+cancelled) is dropped: its waiting parts never reach the encoder, its escalated
+items never reach the generalist.
+
+Snapshots: a request runs every part on the assembly its first part ran on
+(``snapshot()`` at the batch's start, pinned to the request), so the
+``version`` it answers is the one that produced every item, even across a hot
+swap. Parts pinned to different snapshots never share a batch.
+
+Routing (``/v1/route``) goes through the same queue and admission
+(``run_route``); route and predict parts never share a batch.
 
 With a ``run_generalist`` the batcher has two stages: a batch runs only the
-small stage, its requests whose items were all answered there are answered at
-once, and escalated items wait in a second queue for the generalist. A second
-worker takes everything waiting there (up to ``max_batch_size`` items) into one
-generalist call, so the big model sees batches gathered from several small
-batches while the small stage keeps going (both stages share the cores: under
-saturation escalated requests wait longer than with one stage; see
-docs/serve.md). Requests in either stage count towards ``max_queue``.
+small stage, requests whose items were all answered there are answered at
+once, and escalated items wait for the generalist. A second worker gathers
+waiting escalations round robin across requests (one item of each in turn, up
+to ``max_batch_size`` items and ``max_generalist_batch_chars`` characters: the
+generalist costs several times more per character) into one generalist call, so the big model sees batches gathered from several small
+batches and a large request cannot hold it either (both stages share the
+cores: under saturation escalated requests wait longer than with one stage;
+see docs/serve.md).
 """
 
 from __future__ import annotations
@@ -23,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,50 +57,185 @@ from .._exceptions import ManyfoldError
 from ._engine import Pending
 from ._metrics import ServeMetrics
 
-__all__ = ["MicroBatcher", "DirectRunner", "QueueFullError"]
+__all__ = ["MicroBatcher", "DirectRunner", "QueueFullError", "work_of"]
 
 log = logging.getLogger("manyfold.serve")
 
 RunBatch = Callable[..., list[Any]]
 RunGeneralist = Callable[[Sequence[Any]], list[Any]]
+RunRoute = Callable[[Sequence[Any], Any], list[Any]]
 
 
 class QueueFullError(ManyfoldError, RuntimeError):
-    """The request queue is full; retry later."""
+    """The request queue (or the admitted work) is full; retry later."""
+
+
+def _chars(item: Any) -> int:
+    return len(item) if isinstance(item, str) else 0
+
+
+def work_of(items: Sequence[Any]) -> int:
+    """The work of a request: the characters of its texts (an image counts 0; see the module docstring)."""
+    return sum(_chars(it) for it in items)
+
+
+def _parts(items: Sequence[Any], max_items: int, max_chars: int) -> deque[tuple[int, int]]:
+    """``[start, end)`` spans of at most ``max_items`` items and ``max_chars`` characters (an item alone may be more)."""
+    out: deque[tuple[int, int]] = deque()
+    start, chars = 0, 0
+    for i, it in enumerate(items):
+        c = _chars(it)
+        if i > start and (i - start >= max_items or chars + c > max_chars):
+            out.append((start, i))
+            start, chars = i, 0
+        chars += c
+    out.append((start, len(items)))
+    return out
 
 
 @dataclass(eq=False)
 class _Job:
-    items: list[str]
+    items: list[Any]
     escalate: bool
     future: asyncio.Future
+    route: bool = False
+    work: int = 0
+    parts: deque = field(default_factory=deque)  # spans still to run; the head is queued or running
     enqueued: float = field(default_factory=time.perf_counter)
     results: list[Any] = field(default_factory=list)
-    queued: float = 0.0
-    remaining: int = 0
+    queued: float | None = None  # seconds before its first part started
+    remaining: int = 0  # escalated items waiting for the generalist
+    escalated_chars: int = 0  # characters of its items sent to the generalist (max_escalated_chars)
+    snap: Any = None  # the (assembly, version) its first part ran on: every later part runs on it too
+    large: bool = False  # runs in more than one part (admitted within half of max_queued_chars)
+
+    def span(self) -> tuple[int, int]:
+        return self.parts[0]
+
+    def size(self) -> tuple[int, int]:
+        a, b = self.parts[0]
+        return b - a, sum(_chars(it) for it in self.items[a:b])
+
+    def finish(self) -> None:
+        if not self.future.done():
+            self.future.set_result((self.results, self.queued or 0.0, self.snap))
+
+
+class _Admission:
+    """The admitted requests (not yet answered) and their work; refuses beyond ``max_queue`` / ``max_queued_chars``
+    (large requests: beyond half of it)."""
+
+    def __init__(self, metrics: ServeMetrics, max_queue: int, max_queued_chars: int | None) -> None:
+        self.metrics, self.max_queue, self.max_queued_chars = metrics, max_queue, max_queued_chars
+        self.jobs: set[_Job] = set()
+        self.work = 0
+        self.large_work = 0
+
+    def admit(self, job: _Job) -> None:
+        if len(self.jobs) >= self.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise QueueFullError(f"the request queue is full ({self.max_queue} requests admitted, max_queue); "
+                                 "retry later")
+        large = len(job.parts) > 1
+        if self.max_queued_chars is not None and self.jobs:
+            if self.work + job.work > self.max_queued_chars:
+                self.metrics.rejected.labels("work_full").inc()
+                raise QueueFullError(f"the server holds {self.work:,} characters of admitted work; this request's "
+                                     f"{job.work:,} would pass max_queued_chars={self.max_queued_chars:,}; retry later")
+            if large and self.large_work and self.large_work + job.work > self.max_queued_chars // 2:
+                self.metrics.rejected.labels("work_full").inc()
+                raise QueueFullError(f"large requests hold {self.large_work:,} characters of admitted work; this "
+                                     f"request's {job.work:,} would pass half of max_queued_chars="
+                                     f"{self.max_queued_chars:,} (the rest is kept for small requests); retry later, "
+                                     "or send smaller requests")
+        self.jobs.add(job)
+        self.work += job.work
+        if large:
+            self.large_work += job.work
+            job.large = True
+        job.future.add_done_callback(lambda _f, j=job: self.release(j))  # answered, failed or given up
+
+    def release(self, job: _Job) -> None:
+        if job in self.jobs:
+            self.jobs.discard(job)
+            self.work -= job.work
+            if job.large:
+                self.large_work -= job.work
+
+    def fail_all(self, exc: BaseException) -> None:
+        for job in list(self.jobs):
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+
+class _Escalations:
+    """The per-request escalation budget: a request's escalated items go to the generalist while their characters
+    stay within ``max_escalated_chars`` (its first escalated item always does); the others keep the experts'
+    answer, flagged degraded (``skip_generalist(pending, reason)`` makes those answers)."""
+
+    def __init__(self, metrics: ServeMetrics, max_escalated_chars: int | None,
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None) -> None:
+        self.metrics, self.max_chars, self.skip = metrics, max_escalated_chars, skip_generalist
+
+    def split(self, job: _Job, start: int, part: Sequence[Any]) -> list[tuple[int, Pending]]:
+        """The escalated items of ``part`` (``job.results[start:]``) that go to the generalist; the others are
+        answered here."""
+        go, over = [], []
+        for k, r in enumerate(part):
+            if isinstance(r, Pending):
+                c = _chars(r.item)
+                if self.max_chars is not None and self.skip is not None and job.escalated_chars \
+                        and job.escalated_chars + c > self.max_chars:
+                    over.append((start + k, r))
+                else:
+                    job.escalated_chars += c
+                    go.append((start + k, r))
+        if over:
+            assert self.skip is not None
+            why = (f"escalation_budget: this request's escalated texts passed max_escalated_chars={self.max_chars:,}; "
+                   "the experts' answer")
+            for (k, _), pred in zip(over, self.skip([p for _, p in over], why)):
+                job.results[k] = pred
+            self.metrics.generalist_skipped.inc(len(over))
+        return go
 
 
 class MicroBatcher:
-    """Gathers requests into batches for ``run_batch(items, escalate_flags)`` (called in a thread).
+    """Gathers requests into batches for ``run_batch(items, escalate_flags, defer, snap)`` (called in a thread).
 
-    With ``run_generalist``, ``run_batch(items, flags, defer=True)`` returns a
+    ``snapshot()`` gives the ``(assembly, version)`` a new request runs on (its
+    first batch's); ``submit``'s future resolves to ``(results, queue_seconds,
+    snap)``. With ``run_generalist``, ``defer`` is True: ``run_batch`` returns a
     pending object (see :class:`~manyfold.serve._engine.Pending`) for each
-    escalated item and ``run_generalist(pending)`` finishes them.
+    escalated item and ``run_generalist(pending)`` finishes them: in a stage of
+    its own (``generalist_stage``), or right after the small pass of each batch,
+    before any of its items is answered (one stage). ``max_escalated_chars`` with
+    ``skip_generalist``: the per-request escalation budget (:class:`_Escalations`).
+    ``run_route(items, snap)``: one result per item for ``submit(..., route=True)``.
     """
 
     def __init__(self, run_batch: RunBatch, metrics: ServeMetrics, *, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int, run_generalist: RunGeneralist | None = None) -> None:
+                 max_queue: int, run_generalist: RunGeneralist | None = None, run_route: RunRoute | None = None,
+                 snapshot: Callable[[], Any] = lambda: None, max_batch_chars: int | None = None,
+                 max_generalist_batch_chars: int | None = None, max_queued_chars: int | None = None,
+                 generalist_stage: bool = True, max_escalated_chars: int | None = None,
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None) -> None:
         self.run_batch = run_batch
         self.run_generalist = run_generalist
+        self.generalist_stage = generalist_stage and run_generalist is not None
+        self.escalations = _Escalations(metrics, max_escalated_chars, skip_generalist)
+        self.run_route = run_route
+        self.snapshot = snapshot
         self.metrics = metrics
         self.max_batch_size = max_batch_size
+        self.max_batch_chars = max_batch_chars if max_batch_chars is not None else 1 << 62
+        self.max_gen_chars = max_generalist_batch_chars if max_generalist_batch_chars is not None else 1 << 62
         self.max_wait = max_wait_ms / 1e3
-        self.max_queue = max_queue
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.gen_queue: asyncio.Queue[tuple[_Job, int, Any]] = asyncio.Queue()
-        self._gen_jobs: set[_Job] = set()  # requests waiting for the generalist
+        self.admission = _Admission(metrics, max_queue, max_queued_chars)
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()  # requests whose next part waits
+        self._gen: dict[_Job, deque[tuple[int, Pending]]] = {}  # escalated items waiting, per request (ordered)
+        self._gen_event: asyncio.Event | None = None
         self._carry: _Job | None = None
-        self._running: list[_Job] = []  # the small stage's batch in flight
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -85,8 +246,11 @@ class MicroBatcher:
             return
         for t in self._tasks:  # started lazily where no lifespan ran (or the loop changed)
             t.cancel()
+        self._gen_event = asyncio.Event()
+        if self._gen:
+            self._gen_event.set()
         self._tasks = [asyncio.create_task(self._worker(), name="manyfold-batcher")]
-        if self.run_generalist is not None:
+        if self.generalist_stage:
             self._tasks.append(asyncio.create_task(self._generalist_worker(), name="manyfold-generalist"))
 
     async def stop(self) -> None:
@@ -97,111 +261,171 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        waiting = [self.queue.get_nowait() for _ in range(self.queue.qsize())]
-        waiting += [self.gen_queue.get_nowait()[0] for _ in range(self.gen_queue.qsize())]
-        waiting += [*self._gen_jobs, *self._running]  # also those whose call was cut short
-        if self._carry is not None:
-            waiting.append(self._carry)
-            self._carry = None
-        for job in waiting:  # nobody will answer these: say so
-            if not job.future.done():
-                job.future.set_exception(QueueFullError("the server is shutting down"))
-        self._gen_jobs.clear()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self._carry = None
+        self._gen.clear()
+        self.admission.fail_all(QueueFullError("the server is shutting down"))  # nobody will answer these: say so
 
-    def submit(self, items: list[str], escalate: bool) -> asyncio.Future:
-        """Queue one request; its future resolves to ``(results, queue_seconds)``. Raises QueueFullError."""
+    def submit(self, items: list[Any], escalate: bool = True, *, route: bool = False) -> asyncio.Future:
+        """Admit one request; its future resolves to ``(results, queue_seconds, snap)``. Raises QueueFullError."""
         self._ensure_started()
-        if self.queue.qsize() + len(self._gen_jobs) >= self.max_queue:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise QueueFullError(f"the request queue is full ({self.max_queue} requests); retry later")
-        job = _Job(items, escalate, asyncio.get_running_loop().create_future())
+        job = _Job(list(items), escalate, asyncio.get_running_loop().create_future(), route=route, work=work_of(items),
+                   parts=_parts(items, self.max_batch_size, self.max_batch_chars), results=[None] * len(items))
+        self.admission.admit(job)
         self.queue.put_nowait(job)
         self.metrics.queue_depth.set(self.queue.qsize())
         return job.future
 
+    # -- the small stage (and routing) -----------------------------------------------------------
     async def _next(self, timeout: float | None) -> _Job | None:
-        if self._carry is not None:
-            job, self._carry = self._carry, None
-            return job
-        if timeout is None:
-            return await self.queue.get()
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        if timeout <= 0:
-            return None
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+        """The next waiting request whose caller is still there (those that have gone are dropped here)."""
+        while True:
+            if self._carry is not None:
+                job, self._carry = self._carry, None
+            elif timeout is None:
+                job = await self.queue.get()
+            elif not self.queue.empty():
+                job = self.queue.get_nowait()
+            elif timeout <= 0:
+                return None
+            else:
+                t0 = time.perf_counter()
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    return None
+                timeout -= time.perf_counter() - t0
+            if not job.future.done():
+                return job
 
-    async def _gather(self) -> list[_Job]:
+    async def _gather(self) -> tuple[list[_Job], Any]:
         first = await self._next(None)
-        batch, n = [first], len(first.items)
+        snap = first.snap if first.snap is not None else self.snapshot()
+        batch = [first]
+        n, chars = first.size()
         deadline = time.perf_counter() + self.max_wait
-        while n < self.max_batch_size:
+        while n < self.max_batch_size and chars < self.max_batch_chars:
             job = await self._next(deadline - time.perf_counter())
             if job is None:
                 break
-            if n + len(job.items) > self.max_batch_size:
+            k, c = job.size()
+            if (job.route != first.route or (job.snap is not None and job.snap is not snap)
+                    or n + k > self.max_batch_size or chars + c > self.max_batch_chars):
                 self._carry = job  # it starts the next batch
                 break
             batch.append(job)
-            n += len(job.items)
+            n, chars = n + k, chars + c
         self.metrics.queue_depth.set(self.queue.qsize())
-        return batch
+        return batch, snap
 
     async def _worker(self) -> None:
         while True:
-            batch = await self._gather()
-            jobs = [j for j in batch if not j.future.done()]  # skip requests whose caller gave up
+            batch, snap = await self._gather()
+            jobs = [j for j in batch if not j.future.done()]  # drop requests whose caller has gone
             if not jobs:
                 continue
             started = time.perf_counter()
             for j in jobs:
-                self.metrics.stage_latency.labels("queue").observe(started - j.enqueued)
+                if j.queued is None:
+                    j.queued = started - j.enqueued
+                    self.metrics.stage_latency.labels("queue").observe(j.queued)
+                j.snap = snap
             self.metrics.batch_requests.observe(len(jobs))
-            items = [it for j in jobs for it in j.items]
-            flags = [j.escalate for j in jobs for _ in j.items]
-            self._running = jobs
+            spans = [j.span() for j in jobs]
+            items = [it for j, (a, b) in zip(jobs, spans) for it in j.items[a:b]]
             try:
-                if self.run_generalist is None:
-                    results = await asyncio.to_thread(self.run_batch, items, flags)
+                if jobs[0].route:
+                    assert self.run_route is not None, "this batcher was built without run_route"
+                    results = await asyncio.to_thread(self.run_route, items, snap)
                 else:
-                    results = await asyncio.to_thread(self.run_batch, items, flags, True)
+                    flags = [j.escalate for j, (a, b) in zip(jobs, spans) for _ in range(b - a)]
+                    results = await asyncio.to_thread(self.run_batch, items, flags, self.run_generalist is not None,
+                                                      snap)
             except Exception as exc:  # run_batch returns per-item errors; this is a bug: fail the batch loudly
                 log.exception("a batch of %d requests failed", len(jobs))
-                self._running = []
                 _fail(jobs, exc)
                 continue
-            self._running = []  # (left set when cancelled: stop() answers them)
-            at = 0
-            for j in jobs:
-                j.results, j.queued = results[at:at + len(j.items)], started - j.enqueued
-                at += len(j.items)
+            at, live, inline = 0, [], []
+            for j, (a, b) in zip(jobs, spans):
+                part = results[at:at + b - a]
+                at += b - a
+                j.parts.popleft()
                 if j.future.done():
                     continue
-                pending = [k for k, r in enumerate(j.results) if isinstance(r, Pending)]
-                if not pending:
-                    j.future.set_result((j.results, j.queued))
+                j.results[a:b] = part
+                if any(isinstance(r, BaseException) for r in part):  # the request answers an error: stop its work
+                    j.finish()
                     continue
-                j.remaining = len(pending)
-                self._gen_jobs.add(j)
-                for k in pending:
-                    self.gen_queue.put_nowait((j, k, j.results[k]))
-            self.metrics.generalist_queue_depth.set(self.gen_queue.qsize())
+                live.append(j)
+                for k, p in self.escalations.split(j, a, part):
+                    if self.generalist_stage:
+                        j.remaining += 1
+                        self._gen.setdefault(j, deque()).append((k, p))
+                    else:
+                        inline.append((j, k, p))
+            if inline:  # one stage: the generalist before any item of this batch is answered
+                assert self.run_generalist is not None
+                try:
+                    done = await asyncio.to_thread(self.run_generalist, [p for _, _, p in inline])
+                except Exception as exc:
+                    log.exception("a generalist batch of %d items failed", len(inline))
+                    _fail([j for j, _, _ in inline], exc)
+                    done = []
+                for (j, k, _), r in zip(inline, done):
+                    j.results[k] = r
+            for j in live:
+                if j.future.done():
+                    continue
+                if j.parts:
+                    self.queue.put_nowait(j)  # its next part waits behind the requests that came meanwhile
+                elif j.remaining == 0:
+                    j.finish()
+            if self._gen and self._gen_event is not None:
+                self._gen_event.set()
+            self.metrics.queue_depth.set(self.queue.qsize())
+            self.metrics.generalist_queue_depth.set(sum(len(q) for q in self._gen.values()))
+
+    # -- the generalist stage ----------------------------------------------------------------------
+    def _take_escalated(self) -> list[tuple[_Job, int, Pending]]:
+        """Round robin over the requests with escalated items waiting: one item of each in turn, up to
+        ``max_batch_size`` items and ``max_generalist_batch_chars`` characters; requests whose caller has gone are
+        dropped."""
+        taken: list[tuple[_Job, int, Pending]] = []
+        chars = 0
+        while self._gen and len(taken) < self.max_batch_size:
+            progressed = False
+            for job in list(self._gen):
+                if job.future.done():  # the caller gave up: skip, and stop counting it
+                    del self._gen[job]
+                    continue
+                q = self._gen[job]
+                c = _chars(q[0][1].item)
+                if taken and chars + c > self.max_gen_chars:
+                    return taken
+                k, p = q.popleft()
+                taken.append((job, k, p))
+                chars += c
+                progressed = True
+                del self._gen[job]
+                if q:
+                    self._gen[job] = q  # to the back: the others go first next time
+                if len(taken) >= self.max_batch_size:
+                    break
+            if not progressed:
+                break
+        return taken
 
     async def _generalist_worker(self) -> None:
-        """Everything waiting for the generalist (up to ``max_batch_size`` items) goes in one call."""
-        assert self.run_generalist is not None
+        """Escalated items, gathered round robin across requests, go to the generalist in one call."""
+        assert self.run_generalist is not None and self._gen_event is not None
+        event = self._gen_event
         while True:
-            entries = [await self.gen_queue.get()]
-            while len(entries) < self.max_batch_size and not self.gen_queue.empty():
-                entries.append(self.gen_queue.get_nowait())
-            self.metrics.generalist_queue_depth.set(self.gen_queue.qsize())
-            for e in entries:
-                if e[0].future.done():  # the caller gave up (timeout): skip, and stop counting it
-                    self._gen_jobs.discard(e[0])
-            entries = [e for e in entries if not e[0].future.done()]
+            await event.wait()
+            entries = self._take_escalated()
+            if not self._gen:
+                event.clear()
+            self.metrics.generalist_queue_depth.set(sum(len(q) for q in self._gen.values()))
             if not entries:
                 continue
             try:
@@ -213,10 +437,8 @@ class MicroBatcher:
             for (job, k, _), r in zip(entries, results):
                 job.results[k] = r
                 job.remaining -= 1
-                if job.remaining == 0:
-                    self._gen_jobs.discard(job)
-                    if not job.future.done():
-                        job.future.set_result((job.results, job.queued))
+                if job.remaining == 0 and not job.parts:
+                    job.finish()
 
 
 def _fail(jobs: Sequence[_Job], exc: BaseException) -> None:
@@ -226,35 +448,66 @@ def _fail(jobs: Sequence[_Job], exc: BaseException) -> None:
 
 
 class DirectRunner:
-    """No batching: every request runs alone in a thread (at most ``max_queue`` at a time, else 503)."""
+    """No batching: every request runs alone in a thread, part by part (the same admission as the batcher)."""
 
-    def __init__(self, run_batch: RunBatch, metrics: ServeMetrics, *, max_queue: int) -> None:
+    def __init__(self, run_batch: RunBatch, metrics: ServeMetrics, *, max_queue: int, run_route: RunRoute | None = None,
+                 snapshot: Callable[[], Any] = lambda: None, max_batch_size: int = 1 << 30,
+                 max_batch_chars: int | None = None, max_generalist_batch_chars: int | None = None,
+                 max_queued_chars: int | None = None, run_generalist: RunGeneralist | None = None,
+                 max_escalated_chars: int | None = None,
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None) -> None:
         self.run_batch = run_batch
+        self.run_generalist = run_generalist
+        self.escalations = _Escalations(metrics, max_escalated_chars, skip_generalist)
+        self.run_route = run_route
+        self.snapshot = snapshot
         self.metrics = metrics
-        self.max_queue = max_queue
-        self.active = 0
+        self.max_batch_size = max_batch_size
+        self.max_batch_chars = max_batch_chars if max_batch_chars is not None else 1 << 62
+        self.admission = _Admission(metrics, max_queue, max_queued_chars)
+        self._tasks: set[asyncio.Future] = set()
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        return None
+        self.admission.fail_all(QueueFullError("the server is shutting down"))
 
-    def submit(self, items: list[str], escalate: bool) -> asyncio.Future:
-        if self.active >= self.max_queue:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise QueueFullError(f"{self.max_queue} requests are already running; retry later")
-        self.active += 1
-        self.metrics.queue_depth.set(self.active)
-        t0 = time.perf_counter()
+    def submit(self, items: list[Any], escalate: bool = True, *, route: bool = False) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        job = _Job(list(items), escalate, loop.create_future(), route=route, work=work_of(items),
+                   parts=_parts(items, self.max_batch_size, self.max_batch_chars), results=[None] * len(items))
+        self.admission.admit(job)
+        self.metrics.queue_depth.set(len(self.admission.jobs))
 
-        async def go() -> tuple[list[Any], float]:
+        async def go() -> None:
             try:
-                started = time.perf_counter()
+                job.queued, job.snap = time.perf_counter() - job.enqueued, self.snapshot()
                 self.metrics.batch_requests.observe(1)
-                return await asyncio.to_thread(self.run_batch, items, [escalate] * len(items)), started - t0
+                while job.parts and not job.future.done():  # a caller that has gone stops the next part
+                    a, b = job.parts[0]
+                    if route:
+                        part = await asyncio.to_thread(self.run_route, items[a:b], job.snap)
+                    else:
+                        part = await asyncio.to_thread(self.run_batch, items[a:b], [escalate] * (b - a),
+                                                       self.run_generalist is not None, job.snap)
+                    job.parts.popleft()
+                    job.results[a:b] = part
+                    if any(isinstance(r, BaseException) for r in part):
+                        break
+                    go = self.escalations.split(job, a, part)
+                    if go:
+                        assert self.run_generalist is not None
+                        for (k, _), r in zip(go, await asyncio.to_thread(self.run_generalist, [p for _, p in go])):
+                            job.results[k] = r
+                job.finish()
+            except Exception as exc:
+                log.exception("a request of %d items failed", len(items))
+                _fail([job], exc)
             finally:
-                self.active -= 1
-                self.metrics.queue_depth.set(self.active)
+                self.metrics.queue_depth.set(len(self.admission.jobs))
 
-        return asyncio.ensure_future(go())
+        task = asyncio.ensure_future(go())  # a caller that gives up cancels the future: the task ends after its part
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job.future

@@ -33,8 +33,29 @@ class ServeConfig:
     - ``generalist_stage`` (with micro-batching): escalated items wait for the
       generalist in a stage of their own, so the other items of a batch are
       answered as soon as the experts have; off runs each batch through both.
-    - ``request_timeout_s``: a request not answered by then gets 504.
+    - ``request_timeout_s``: a request not answered by then gets 504 (its
+      remaining work is dropped; so is a disconnected caller's).
     - ``max_items_per_request`` (422 beyond), ``max_body_bytes`` (413 beyond).
+    - Work budget (texts; docs/serve.md has the measured cost):
+      ``max_request_chars``: the characters of one request's texts together
+      (413 beyond); ``max_queued_chars``: the characters of all admitted,
+      unanswered requests together (a new request that would pass it gets 503 +
+      ``Retry-After``; requests that run in parts may hold half of it, the
+      rest is kept for small requests); ``max_batch_chars``: the most characters
+      in one encoder batch: a larger request runs in parts, each part going
+      behind the requests that arrived meanwhile; ``max_generalist_batch_chars``:
+      the most characters in one generalist call (escalated items are gathered
+      round robin across requests); ``max_escalated_chars``: the characters of
+      one request's items that may go to the generalist (its first escalated
+      item always may); its other escalated items keep the experts' answer,
+      flagged ``degraded`` (reason ``escalation_budget: ...``).
+    - Slow clients: ``header_timeout_s`` (a request's headers must have arrived
+      this long after its first byte, or after the connection opened; the
+      connection is closed), ``body_timeout_s`` (the whole body, from the end
+      of the headers; 408 and the connection closed), ``max_connections``
+      (open connections; one more gets 503 and is closed). The header timeout
+      and the connection cap are enforced by :func:`serve_main`'s uvicorn
+      protocol, the body timeout by the app (any ASGI server).
     - Images (an assembly whose encoder takes images; 413 beyond each limit,
       checked before any pixel is decoded): ``max_image_bytes`` (one image's
       file), ``max_image_pixels`` (one image's width x height, read from its
@@ -51,6 +72,9 @@ class ServeConfig:
       batch of new texts).
     - ``request_log``: a JSONL file; every answered ``/v1/predict`` request is
       appended to it (items, labels, escalated): a pool for ``manyfold distill``.
+      Created 0600; when it would pass ``request_log_max_bytes`` it is rotated
+      (``FILE.1`` ... ``FILE.<request_log_backups>``, the oldest deleted), so
+      at most ``(request_log_backups + 1) * request_log_max_bytes`` are kept.
     - ``allowed_hosts``: ``Host`` header names answered besides the loopback
       names (``localhost``, ``127.0.0.1``, ``::1``) and the address the
       connection arrived on (``manyfold serve --host NAME`` adds ``NAME``);
@@ -78,6 +102,14 @@ class ServeConfig:
     max_request_pixels: int = 64_000_000
     max_images_per_request: int = 64
     max_image_body_bytes: int = 64 << 20
+    max_request_chars: int = 16_384
+    max_queued_chars: int = 65_536
+    max_batch_chars: int = 4_096
+    max_generalist_batch_chars: int = 1_024
+    max_escalated_chars: int = 2_048
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 2048
     micro_batching: bool = True
     generalist_stage: bool = True
     dataset: Any = None
@@ -85,6 +117,8 @@ class ServeConfig:
     save_changes: bool = True
     embedding_cache: bool = False
     request_log: str | None = None
+    request_log_max_bytes: int = 64 << 20
+    request_log_backups: int = 4
     allowed_hosts: tuple[str, ...] = ()
     trust_remote: bool | None = None
 
@@ -94,14 +128,24 @@ class ServeConfig:
         if not isinstance(self.assembly, str) and not hasattr(self.assembly, "forward"):
             raise ConfigError(f"ServeConfig.assembly must be a registry name or an Assembly, got {type(self.assembly).__name__}")
         for f in ("max_batch_size", "max_queue", "max_items_per_request", "max_body_bytes", "max_image_bytes",
-                  "max_image_pixels", "max_request_pixels", "max_images_per_request", "max_image_body_bytes"):
+                  "max_image_pixels", "max_request_pixels", "max_images_per_request", "max_image_body_bytes",
+                  "max_request_chars", "max_queued_chars", "max_batch_chars", "max_generalist_batch_chars", "max_escalated_chars",
+                  "max_connections",
+                  "request_log_max_bytes"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"ServeConfig.{f} must be a positive integer, got {v!r}")
-        for f in ("max_wait_ms", "request_timeout_s"):
+        if not isinstance(self.request_log_backups, int) or isinstance(self.request_log_backups, bool) \
+                or self.request_log_backups < 0:
+            raise ConfigError(f"ServeConfig.request_log_backups must be an integer >= 0, got {self.request_log_backups!r}")
+        for f in ("max_wait_ms", "request_timeout_s", "header_timeout_s", "body_timeout_s"):
             v = getattr(self, f)
-            if not isinstance(v, (int, float)) or v < 0 or (f == "request_timeout_s" and v == 0):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (f != "max_wait_ms" and v == 0):
                 raise ConfigError(f"ServeConfig.{f} must be a positive number, got {v!r}")
+        if self.max_request_chars > self.max_queued_chars // 2:
+            raise ConfigError(f"ServeConfig.max_request_chars ({self.max_request_chars:,}) must be at most half of "
+                              f"max_queued_chars ({self.max_queued_chars:,}): large requests may hold half of the "
+                              "admitted work")
         if self.version is not None and (not isinstance(self.version, int) or self.version < 1):
             raise ConfigError(f"ServeConfig.version must be a positive integer, got {self.version!r}")
         hosts = self.allowed_hosts

@@ -1,8 +1,10 @@
 """The engine: runs one batch of items through the assembly being served, with fallbacks and metrics.
 
-It holds the current assembly; :meth:`Engine.swap` replaces it atomically (one
-reference assignment). A batch takes its snapshot of the assembly when it
-starts, so a batch in flight finishes on the assembly it began with.
+It holds the current assembly and its version as one snapshot;
+:meth:`Engine.swap` replaces both atomically (one reference assignment). A
+batch runs on the snapshot it is given (:meth:`Engine.snapshot` when it
+starts, or the one its request's first part ran on), so a batch in flight
+finishes on the assembly it began with and its answers carry that version.
 
 Failures are never swallowed: an expert that raises has its items answered
 by the generalist (``reason="expert_failed: <name>"``, counted in
@@ -63,30 +65,42 @@ class Engine:
 
     def __init__(self, metrics: ServeMetrics, asm: Any = None, version: int | None = None) -> None:
         self.metrics = metrics
-        self.asm: Any = None
-        self.version: int | None = None
+        self._snap: tuple[Any, int | None] = (None, None)
         if asm is not None:
             self.swap(asm, version)
 
     @property
+    def asm(self) -> Any:
+        return self._snap[0]
+
+    @property
+    def version(self) -> int | None:
+        return self._snap[1]
+
+    @property
     def ready(self) -> bool:
-        return self.asm is not None
+        return self._snap[0] is not None
+
+    def snapshot(self) -> tuple[Any, int | None]:
+        """The ``(assembly, version)`` being served, read together (a batch runs on one and answers its version)."""
+        return self._snap
 
     def swap(self, asm: Any, version: int | None) -> None:
         """Serve ``asm`` from the next batch on (batches in flight keep the one they started with)."""
-        self.asm, self.version = asm, version
+        self._snap = (asm, version)  # one assignment: a reader never sees one's assembly with another's version
         self.metrics.version.set(version or 0)
 
     # -- one batch ------------------------------------------------------------------
-    def run_batch(self, items: Sequence[str], escalate: Sequence[bool], defer: bool = False
-                  ) -> list[Prediction | Pending | BaseException]:
+    def run_batch(self, items: Sequence[str], escalate: Sequence[bool], defer: bool = False,
+                  snap: tuple[Any, int | None] | None = None) -> list[Prediction | Pending | BaseException]:
         """Answer ``items`` with ONE encoder batch; per item a Prediction, or the exception that stopped it.
 
         ``escalate[i]`` says whether item ``i`` may go to the generalist. With
         ``defer`` an escalated item is returned as a :class:`Pending` for
-        :meth:`run_generalist`. Runs in a worker thread (blocking, CPU-bound).
+        :meth:`run_generalist`. ``snap``: the :meth:`snapshot` to run on (default:
+        the current one). Runs in a worker thread (blocking, CPU-bound).
         """
-        asm = self.asm  # the snapshot this batch runs on
+        asm = (snap or self._snap)[0]  # the snapshot this batch runs on
         m = self.metrics
         n = len(items)
         m.batch_size.observe(n)
@@ -109,6 +123,20 @@ class Engine:
         m.stage_latency.labels("encode").observe(t_enc)
         m.stage_latency.labels("batch_total").observe(time.perf_counter() - t0)
         return results
+
+    def run_route(self, items: Sequence[Any], snap: tuple[Any, int | None] | None = None
+                  ) -> list[np.ndarray | BaseException]:
+        """The router's probabilities over the experts for ``items`` (ONE encoder batch): a row per item, or the
+        exception that stopped it. ``snap`` as for :meth:`run_batch`."""
+        asm = (snap or self._snap)[0]
+        try:
+            pr = asm.router.predict_proba(asm.encoder.encode(list(items)))
+        except Exception as exc:
+            if not isinstance(exc, ManyfoldError):
+                log.exception("routing failed on a batch of %d items", len(items))
+                self.metrics.batch_errors.labels(type(exc).__name__).inc(len(items))
+            return [exc] * len(items)
+        return list(pr)
 
     def _forward(self, asm: Any, X: np.ndarray, items: list[str], escalate: bool, t_enc: float,
                  batch_n: int, defer: bool = False) -> list[Prediction | Pending | BaseException]:
@@ -185,6 +213,25 @@ class Engine:
             per = {**small, "generalist": gen_ms, "total": round(small["total"] + gen_ms, 4)}
             for i, pred in zip(sel, asm.to_predictions(out.take(rows), per)):
                 results[i] = pred
+        return results
+
+    def skip_generalist(self, pending: Sequence[Pending], reason: str) -> list[Prediction]:
+        """Answer escalated items without the generalist: the experts' answer, flagged ``degraded`` with ``reason``
+        (the out-of-scope call from stage 1 alone, as when the generalist fails); counted as degraded items."""
+        results: list[Prediction] = [None] * len(pending)  # type: ignore[list-item]
+        batches: dict[int, list[int]] = {}
+        for i, p in enumerate(pending):
+            batches.setdefault(id(p.out), []).append(i)
+        for sel in batches.values():
+            first = pending[sel[0]]
+            asm, out = first.asm, first.out
+            rows = np.array([pending[i].row for i in sel])
+            out.degraded[rows] = True
+            out.reason[rows] = reason
+            out.is_oos[rows] = asm.policy_.fallback_is_oos(out.oos_small[rows])
+            for i, pred in zip(sel, asm.to_predictions(out.take(rows), first.per)):
+                results[i] = pred
+        self.metrics.degraded_items.inc(len(pending))
         return results
 
     def _count(self, asm: Any, out: Any) -> None:

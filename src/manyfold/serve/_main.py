@@ -9,9 +9,20 @@ from typing import Any
 from .._exceptions import ConfigError, missing_dependency
 from ._config import ServeConfig
 
-__all__ = ["serve_main"]
+__all__ = ["serve_main", "uvicorn_options"]
 
 _FIELDS = {f.name for f in dataclasses.fields(ServeConfig)} - {"assembly", "registry_root"}
+
+
+def uvicorn_options(app: Any, config: ServeConfig, keep_alive_s: float = 30.0) -> dict[str, Any]:
+    """The uvicorn options ``serve_main`` runs ``app`` with: the guarded h11 protocol (``header_timeout_s``,
+    ``max_connections``; its refusals counted in ``manyfold_rejected_requests_total``) and the keep-alive."""
+    from ._conn import guarded_h11_protocol
+
+    metrics = app.state.metrics
+    protocol = guarded_h11_protocol(config.header_timeout_s, config.max_connections,
+                                    on_refused=lambda reason: metrics.rejected.labels(reason).inc())
+    return {"http": protocol, "timeout_keep_alive": keep_alive_s}
 
 
 def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: str | None = None, ray: bool = False,
@@ -30,6 +41,10 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     choice; 1 is much faster on a machine whose cores are shared with other
     jobs, where spinning thread pools wait on descheduled threads).
     ``keep_alive_s``: how long idle HTTP keep-alive connections stay open.
+    Slow clients: uvicorn runs with :func:`~manyfold.serve._conn.guarded_h11_protocol`
+    (``header_timeout_s``, ``max_connections`` of the config; the app enforces
+    ``body_timeout_s``), and the process's open-files limit is raised to fit
+    ``max_connections`` where the hard limit allows.
     """
     unknown = sorted(set(opts) - _FIELDS)
     if unknown:
@@ -59,6 +74,9 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     except ImportError as exc:
         raise missing_dependency("uvicorn", "serve", "manyfold serve") from exc
     from . import create_app
+    from ._conn import raise_open_files_limit
 
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=False,
-                timeout_keep_alive=keep_alive_s)
+    app = create_app(config)
+    raise_open_files_limit(config.max_connections + 256)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                **uvicorn_options(app, config, keep_alive_s))

@@ -38,7 +38,7 @@ class ServeMetrics:
                                                   "escalated items per generalist call", buckets=_SIZES, registry=r)
         self.generalist_queue_depth = pc.Gauge("manyfold_generalist_queue_depth",
                                                "escalated items waiting for the generalist", registry=r)
-        self.in_flight = pc.Gauge("manyfold_requests_in_flight", "predict requests accepted and not yet answered",
+        self.in_flight = pc.Gauge("manyfold_requests_in_flight", "predict and route requests accepted and not yet answered",
                                   registry=r)
         self.items = pc.Counter("manyfold_items", "items answered", registry=r)
         self.escalations = pc.Counter("manyfold_escalations", "items escalated to the generalist, by top expert and reason",
@@ -51,7 +51,10 @@ class ServeMetrics:
         self.generalist_failures = pc.Counter("manyfold_generalist_failures",
                                               "generalist calls that failed (answers flagged degraded)", registry=r)
         self.degraded_items = pc.Counter("manyfold_degraded_items", "items answered degraded", registry=r)
-        self.rejected = pc.Counter("manyfold_rejected_requests", "requests refused: queue full or timed out",
+        self.generalist_skipped = pc.Counter("manyfold_generalist_skipped_items",
+                                             "escalated items answered by the experts (degraded) because their "
+                                             "request's escalations passed max_escalated_chars", registry=r)
+        self.rejected = pc.Counter("manyfold_rejected_requests", "requests refused or given up: queue_full, work_full, timeout, disconnected, header_timeout, connections",
                                    ["reason"], registry=r)
         self.batch_errors = pc.Counter("manyfold_batch_errors", "items that got no answer because the pipeline raised",
                                        ["error"], registry=r)

@@ -1,4 +1,8 @@
-"""Pydantic bodies of the HTTP API (built per app: the limits come from the ServeConfig and the assembly)."""
+"""Pydantic bodies of the HTTP API (built per app: the limits come from the ServeConfig and the assembly).
+
+Types are strict where JSON has the type: ``escalate`` / ``wait`` take ``true`` / ``false`` only (not ``"false"``,
+not ``0``), ``k`` / ``version`` an integer only (not ``true``, not ``143.0``); texts are strings only.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag, \
+    model_validator
 from pydantic_core import PydanticCustomError
 
 from ._images import TAKES_IMAGES, TAKES_TEXTS
@@ -76,12 +81,12 @@ def make_models(max_items: int, max_chars: int, max_train: int = 100_000, *, max
     class PredictRequest(_Items):
         """``{"items": [...]}`` or ``{"item": "..."}``; ``escalate: false`` keeps the generalist out."""
 
-        escalate: bool = True
+        escalate: StrictBool = True
 
     class RouteRequest(_Items):
         """Routing only: the top ``k`` experts (default: the assembly's ``top_k``) and the router's scores."""
 
-        k: int | None = Field(None, ge=1, le=64)
+        k: StrictInt | None = Field(None, ge=1, le=64)
 
     B64 = Annotated[str, Field(description="the standard base64 of an image file (PNG, JPEG, BMP, GIF, WebP); "
                                            "a 'data:image/png;base64,' prefix is allowed")]
@@ -112,12 +117,12 @@ def make_models(max_items: int, max_chars: int, max_train: int = 100_000, *, max
     class ImagePredictRequest(_Images):
         """``{"images": [base64, ...]}`` or ``{"image": base64}`` (an image assembly); ``escalate`` as for texts."""
 
-        escalate: bool = True
+        escalate: StrictBool = True
 
     class ImageRouteRequest(_Images):
         """Routing only, for images: the top ``k`` experts and the router's scores."""
 
-        k: int | None = Field(None, ge=1, le=64)
+        k: StrictInt | None = Field(None, ge=1, le=64)
 
     def pick(body: Any) -> str:
         takes = modality()
@@ -160,8 +165,8 @@ class ReloadRequest(BaseModel):
     """Load ``version`` (default: the latest) of the served registry name, then switch to it between batches."""
 
     model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(None, ge=1)
-    wait: bool = Field(False, description="answer only once the new version serves (else 202 at once)")
+    version: StrictInt | None = Field(None, ge=1)
+    wait: StrictBool = Field(False, description="answer only once the new version serves (else 202 at once)")
 
 
 class PredictionOut(BaseModel):
