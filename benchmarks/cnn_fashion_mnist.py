@@ -167,7 +167,9 @@ def write(report: dict[str, Any], out_dir: Path, kind: str) -> None:
         f"# CNN expert from scratch on {kind}",
         "",
         f"`{report['env']['command']}` - {report['env']['date']} - {report['env']['machine']['cpu']}, "
-        f"{report['threads']} torch threads (machine: {report['env']['machine']['cores']} cores).",
+        f"{report['threads']} torch threads (machine: {report['env']['machine']['cores']} cores; load average at start "
+        + (", ".join(f"{v:.2f}" for v in report["load_at_start"]) if report.get("load_at_start") else "not recorded")
+        + ").",
         "",
         f"Parameters: `{json.dumps(report['params'])}` ({report['seeds'][0]['parameters']:,} weights). "
         f"Train: 60,000 minus {N_HOLDOUT:,} held out (seeded, stratified) for early stopping and calibration; "
@@ -236,6 +238,7 @@ def main() -> None:
     ap.add_argument("--no-serve", action="store_true", help="skip the fresh-process serving check")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
+    load_at_start = list(os.getloadavg())
 
     import torch
 
@@ -260,7 +263,7 @@ def main() -> None:
     params.pop("name")
     params.pop("seed")
     report: dict[str, Any] = {
-        "env": environment(), "dataset": args.dataset, "threads": args.threads, "time_budget": args.time_budget,
+        "env": environment(), "load_at_start": load_at_start, "dataset": args.dataset, "threads": args.threads, "time_budget": args.time_budget,
         "params": params, "n_holdout": N_HOLDOUT, "seeds": results,
         "summary": {
             "median_test_accuracy": float(np.median(accs)), "min_test_accuracy": float(min(accs)),
