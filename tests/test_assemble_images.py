@@ -19,12 +19,7 @@ KNOWN = {"bars_h": "bars", "bars_v": "bars", "squares_big": "squares", "squares_
 CNN = {"channels": (4, 8), "hidden": 8, "epochs": 3, "batch_size": 32, "lr": 1e-2, "input_size": 12}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pictures(labels: list[str], seed: int) -> np.ndarray:

@@ -21,12 +21,7 @@ PIL = pytest.importorskip("PIL.Image", reason="pillow is needed to compare resiz
 LABELS = ("blank", "h", "v")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bars(n: int, seed: int, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
