@@ -442,3 +442,18 @@ def test_mpnet_real_encode():
     assert x.shape == (3, 768)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     assert x[0] @ x[1] > x[0] @ x[2] + 0.3
+
+
+def test_load_models_reaches_through_cache_and_concatenation(tmp_path):
+    """A server loads the weights before it says it is ready: through a cache wrapper and every part of a concat."""
+    from manyfold.encoders import CachedEncoder, ConcatEncoder, EmbeddingCache, HashingEncoder, load_models
+
+    class Lazy(HashingEncoder):
+        loads = 0
+
+        def _load(self):
+            type(self).loads += 1
+
+    enc = CachedEncoder(ConcatEncoder([Lazy(dim=8), HashingEncoder(dim=8), Lazy(dim=16)]), EmbeddingCache(tmp_path))
+    assert load_models(enc) == 2 and Lazy.loads == 2
+    assert load_models(HashingEncoder(dim=8)) == 0

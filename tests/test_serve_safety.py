@@ -209,3 +209,18 @@ def test_request_without_host_header_passes():
     scope["headers"] = [(b"host", b"evil.example")]
     asyncio.run(HostCheck(app)(scope, None, send))
     assert got == ["/healthz", 400, "body"]
+
+
+def test_a_registry_version_has_its_models_loaded_before_it_serves(asm, tmp_path, monkeypatch):
+    """The first request must not pay for loading the encoders' weights: the server loads them before it is ready."""
+    import manyfold.encoders
+
+    reg = Registry(tmp_path / "reg")
+    reg.save(asm, "r")
+    loaded = []
+    monkeypatch.setattr(manyfold.encoders, "load_models", lambda enc: loaded.append(enc.id) or 1)
+    cfg = ServeConfig(assembly="r", version=1, registry_root=str(reg.root), admin_token=TOKEN)
+    with TestClient(create_app(cfg)) as c:
+        assert _wait_ready(c)["version"] == 1
+        assert loaded and loaded[0] == asm.encoder.id  # the routing encoder (and the generalist's, when it has one)
+        assert len(loaded) == 1 + (asm.generalist is not None)

