@@ -35,3 +35,15 @@ def environment() -> dict[str, Any]:
                     "platform": platform.platform()},
         "versions": versions,
     }
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display), or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

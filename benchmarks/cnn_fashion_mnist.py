@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from _common import environment, pyplot  # noqa: E402
 
 N_HOLDOUT = 6000
 TARGETS = {"fashion-mnist": 0.92, "mnist": 0.99}
@@ -200,12 +200,8 @@ def write(report: dict[str, Any], out_dir: Path, kind: str) -> None:
         ]
     lines.append(f"Curve: `{stem}_curve.png` (accuracy against cumulative training seconds).")
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         log("matplotlib is not installed: no curve")
         return
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from _common import environment, pyplot  # noqa: E402
 from image_backbones import DEFAULT_DATA, batched_ms, single_ms, timed  # noqa: E402
 
 UNKNOWN = ("Shirt", "Bag")
@@ -360,12 +360,8 @@ def write(report: dict[str, Any], out_dir: Path, stem: str) -> None:
                      f"{p['oos_auroc']:.4f} | {pct(p['oos_recall'])} | {p['ms_per_item']:.3f} |")
     lines += ["", f"Plot: `{stem}.png` (accuracy against escalation rate and against cost)."]
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         log("matplotlib is not installed: no plot")
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

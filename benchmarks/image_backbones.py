@@ -49,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from _common import environment, pyplot  # noqa: E402
 from cnn_fashion_mnist import load, log, stratified_holdout  # noqa: E402
 
 N_HOLDOUT = 6000
@@ -367,12 +367,8 @@ def write(report: dict[str, Any], out_dir: Path, stem: str) -> None:
     lines += ["", "## Which to choose when", "", "(Written by the script from the numbers above.)", "", report["choice"], "",
               f"Plot: `{stem}.png` (test accuracy against images per class, log scale; 'all' drawn at 5,400)."]
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         log("matplotlib is not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(7, 4.4))
