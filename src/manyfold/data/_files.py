@@ -44,6 +44,14 @@ _DEFAULT_SHARES = {"file": (0.1, 0.2), "folder": (0.1, 0.0)}
 _MISSING = object()
 
 
+def check_label_counts(counts: Mapping[str, int], where: str, noun: str) -> None:
+    """Every label needs one item to train on and one to validate: a :class:`DataError` naming the first that has not."""
+    for lab, n in sorted(counts.items()):
+        if n < 2:
+            raise DataError(f"label {lab!r} has {n} {noun} in {where!r}; every label needs at least 2 {noun}s: "
+                            "one to train, one to validate")
+
+
 def not_found(kind: str, name: str, message: str, choices: tuple[str, ...] = ()) -> NotFoundError:
     """A :class:`NotFoundError` for ``kind`` ``name`` that reads ``message``."""
     err = NotFoundError(kind, name, choices)
@@ -493,12 +501,7 @@ def _build(path: Path, files: dict[str, Path], blobs: dict[str, bytes], fmt: str
     counts = Counter(lab for lab in labels[main] if lab != oos)
     if not counts:
         raise DataError(f"{str(files[main])!r} has no in-scope labels: every row is out-of-scope ({oos!r})")
-    for lab, n in sorted(counts.items()):
-        if n < 2:
-            raise DataError(
-                f"label {lab!r} has {n} example in {str(files[main])!r}; every label needs at least 2 examples: "
-                "one to train, one to validate"
-            )
+    check_label_counts(counts, str(files[main]), "example")
     for role, t in tables.items():
         for i, lab in enumerate(labels[role]):
             if lab != oos and lab not in counts:

@@ -30,7 +30,8 @@ import numpy as np
 
 from .._exceptions import ConfigError, DataError, InputError, ManyfoldError, missing_dependency
 from ._dataset import Dataset, Split
-from ._files import AUTO_OOS, FORMATS, ROLES, _check_options, not_found, resolve_shares, split_indices
+from ._files import (AUTO_OOS, FORMATS, ROLES, _check_options, check_label_counts, not_found, resolve_shares,
+                     split_indices)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -430,12 +431,7 @@ def _plan(root: Path, oos_label: str | None, val_share: Any, test_share: Any) ->
         raise DataError(
             f"image folder {str(roots[main])!r} needs at least 2 labels (label subfolders of images), found {len(counts)}: {found}"
         )
-    for lab, n in sorted(counts.items()):
-        if n < 2:
-            raise DataError(
-                f"label {lab!r} has {n} image in {str(roots[main])!r}; every label needs at least 2 images: "
-                "one to train, one to validate"
-            )
+    check_label_counts(counts, str(roots[main]), "image")
     for role, its in items.items():
         for it in its:
             if it.label != oos and it.label not in counts:
