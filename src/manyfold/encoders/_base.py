@@ -50,12 +50,13 @@ def load_models(encoder: Any) -> int:
     models were loaded. A server calls it before it says it is ready, so the
     first request does not pay for the loading.
     """
-    inner = getattr(encoder, "encoder", None)
-    if inner is not None and hasattr(encoder, "cache"):  # CachedEncoder
-        return load_models(inner)
-    parts = getattr(encoder, "encoders", None)
-    if isinstance(parts, list):  # ConcatEncoder
-        return sum(load_models(e) for e in parts)
+    from ._cache import CachedEncoder
+    from ._concat import ConcatEncoder
+
+    if isinstance(encoder, CachedEncoder):
+        return load_models(encoder.encoder)
+    if isinstance(encoder, ConcatEncoder):
+        return sum(load_models(e) for e in encoder.encoders)
     load = getattr(encoder, "_load", None)
     if callable(load):
         load()
