@@ -37,6 +37,20 @@ def _hashing(texts, dim, ngram, char, seed):
     return m.astype(np.float32)
 
 
+def _ranks(f, q):
+    """Column j of f as logit((position on the quantile grid q[:, j] + 0.5) / len(q)); mid-rank on ties."""
+    n, out = len(q), np.empty(f.shape, np.float32)
+    for j in range(f.shape[1]):
+        qj, x = q[:, j], f[:, j].astype(np.float64)
+        lo, hi = np.searchsorted(qj, x, "left"), np.searchsorted(qj, x, "right")
+        i = np.clip(lo, 1, n - 1)
+        gap = qj[i] - qj[i - 1]
+        pos = np.where(hi > lo + 1, (lo + hi - 1) / 2.0, np.clip(i - 1 + np.where(gap > 0, (x - qj[i - 1]) / np.where(gap > 0, gap, 1.0), 0.5), 0, n - 1))
+        u = (np.where(x < qj[0], 0.0, np.where(x > qj[-1], n - 1.0, pos)) + 0.5) / n
+        out[:, j] = np.log(u / (1.0 - u))
+    return out
+
+
 class EdgeModel:
     def __init__(self, folder, threads=0):
         d = Path(folder)
@@ -56,6 +70,7 @@ class EdgeModel:
         self.experts, self.cols = [onnx(x["file"]) for x in m["experts"]], [np.array(x["columns"]) for x in m["experts"]]
         self.centroids = np.load(d / m["oos"]["centroids"])
         self.prototypes = np.load(d / m["oos"]["prototypes"]) if m["oos"].get("prototypes") else None
+        self.quantiles = np.load(d / m["oos"]["signal_quantiles"]).astype(np.float64) if m["oos"].get("signal_quantiles") else None
 
     def encode(self, texts):
         e = self.m["encoder"]
@@ -82,6 +97,8 @@ class EdgeModel:
         cols = [np.log(c.max(1)), -(c * np.log(c)).sum(1), top2[:, 0], top2[:, 1], np.log(np.clip(pr.max(1), 1e-9, 1))]
         near = [] if self.prototypes is None else [(u @ self.prototypes.T).max(1)]  # nearest prototype's cosine
         f = np.stack(cols + near, 1).astype(np.float32)
+        if self.quantiles is not None:  # each signal as the logit of its rank among the known items
+            f = _ranks(f, self.quantiles)
         return x, p, self.oos.run(None, {"x": f})[0]
 
     def predict(self, texts):

@@ -119,6 +119,7 @@ def test_a_cap_below_the_knee_binds_and_says_so():
     ({"objective": "cheap"}, "valid choices: knee, accuracy, budget"),
     ({"objective": "accuracy"}, "needs target_accuracy"),
     ({"oos_calibration": "magic"}, "valid choices: auto, examples, held_out_labels"),
+    ({"signal_scaling": "zscore"}, "unknown signal_scaling 'zscore'; valid choices: auto, none, known_rank"),
 ])
 def test_bad_policy_parameters_are_named(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -204,6 +205,111 @@ def test_nearest_prototype_cosine_known_answer():
     assert idx.tolist() == [0, 0, 1, 2]
     assert sorted(np.round(protos[:2].argmax(1)).tolist()) == [0, 1]
     np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, atol=1e-6)
+
+
+def test_rank_signals_known_answers():
+    from manyfold._policy import known_quantiles, rank_signals
+
+    # known items 0, 1, ..., 100 in column 0; a constant in column 1 (every known item ties)
+    known = np.stack([np.arange(101.0), np.full(101, 3.0)], 1)
+    q = known_quantiles(known, levels=101)
+    np.testing.assert_allclose(q[:, 0], np.arange(101.0))
+    z = rank_signals(np.array([[50.0, 3.0], [-7.0, 2.0], [1e6, 4.0], [50.5, 3.0]]), q)
+    u = 1 / (1 + np.exp(-z.astype(np.float64)))
+    np.testing.assert_allclose(u[0], [0.5, 0.5], atol=1e-6)  # the median; a value every known item shares: mid-rank
+    np.testing.assert_allclose(u[1], [0.5 / 101, 0.5 / 101], atol=1e-6)  # below every known item: the grid's end
+    np.testing.assert_allclose(u[2], [100.5 / 101, 100.5 / 101], atol=1e-6)
+    assert u[3, 0] == pytest.approx(51.0 / 101, abs=1e-6)  # between two grid points: linear
+    with pytest.raises(ConfigError, match=r"signals of shape \(1, 3\) do not match rank quantiles of shape \(101, 2\)"):
+        rank_signals(np.zeros((1, 3)), q)
+    with pytest.raises(ConfigError, match="valid choices: auto, none, known_rank"):
+        AssemblyConfig(oos_signal_scaling="percentile")
+
+
+def _unlike_proxies(n: int = 600, seed: int = 0) -> tuple[PoolSignals, "SimulatedUnknowns", np.ndarray]:
+    """Held-out-label proxies far less sure of themselves than the real experts (a linear head on pixels
+    against a CNN). The proxies' known items have a max-probability of 0.4-0.7 and their unknowns 0.25-0.5,
+    and to them the centroid cosine says something too (known 0.6, unknown 0.35). The real experts' known
+    items are 0.99-1.0 sure and a real unknown 0.975-0.985: lower than any known item of theirs, yet far above
+    anything the proxies ever showed; their centroid cosines (random vectors) say nothing. Returns the pool,
+    the simulated unknowns and the real unknowns' probabilities."""
+    from manyfold._policy import SimulatedUnknowns, stage1_features
+
+    rng = np.random.default_rng(seed)
+    L = 4
+    cents = _centroids()
+
+    def rows(top: np.ndarray) -> np.ndarray:
+        p = np.empty((len(top), L), np.float32)
+        p[:] = ((1 - top) / (L - 1))[:, None]
+        p[np.arange(len(top)), rng.integers(0, L, len(top))] = top
+        return p
+
+    def f1(p: np.ndarray, cos: np.ndarray) -> np.ndarray:
+        F = stage1_features(p, rng.normal(size=(len(p), 8)).astype(np.float32), cents, np.full((len(p), 2), 0.5, np.float32))
+        F[:, 2], F[:, 3] = cos, cos - 0.1
+        return F
+
+    F, U, fold = [], [], []
+    for f in range(3):
+        F += [f1(rows(rng.uniform(0.25, 0.5, n // 2)), rng.normal(0.35, 0.15, n // 2)),
+              f1(rows(rng.uniform(0.4, 0.7, n)), rng.normal(0.6, 0.15, n))]
+        U += [np.ones(n // 2, bool), np.zeros(n, bool)]
+        fold += [np.full(n // 2 + n, f)]
+    sim = SimulatedUnknowns(F1=np.concatenate(F), is_unknown=np.concatenate(U), n_folds=3, fold=np.concatenate(fold))
+    proba = rows(rng.uniform(0.99, 1.0, n))
+    pool = PoolSignals(proba=proba, X=rng.normal(size=(n, 8)).astype(np.float32),
+                       router_proba=np.full((n, 2), 0.5, np.float32), y_index=proba.argmax(1), is_oos=np.zeros(n, bool))
+    return pool, sim, rows(rng.uniform(0.975, 0.985, 200))
+
+
+def test_ranked_signals_carry_over_from_unlike_proxies_raw_ones_do_not():
+    pool, sim, unknown = _unlike_proxies()
+    X = np.random.default_rng(9).normal(size=(len(unknown), 8)).astype(np.float32)
+    router = np.full((len(unknown), 2), 0.5, np.float32)
+    ranked = EscalationPolicy().fit(_centroids(), pool, sim)  # auto: ranks with held-out labels
+    assert ranked.signal_scaling_ == "known_rank" and ranked.signal_quantiles_.shape == (1001, 5)
+    raw = EscalationPolicy(signal_scaling="none").fit(_centroids(), pool, sim)
+    assert raw.signal_scaling_ == "none" and raw.signal_quantiles_ is None
+    # raw: 0.98 against 0.995 is a sliver on the proxies' scale, lost in the noise of the other signals
+    assert raw.decide(unknown, X, router, escalate=False)["is_oos"].mean() < 0.3
+    # ranked: 0.98 is below every known item of the real experts, as the proxies' unknowns were below theirs
+    assert ranked.decide(unknown, X, router, escalate=False)["is_oos"].mean() > 0.9
+    # and the known items keep the false out-of-scope rate the thresholds were set for
+    known = ranked.decide(pool.proba, pool.X, pool.router_proba, escalate=False)["is_oos"].mean()
+    assert known <= ranked.target_false_oos_rate + 0.01
+    # simulated unknowns without their folds cannot be ranked: said, not guessed
+    from manyfold._policy import SimulatedUnknowns
+
+    with pytest.raises(ConfigError, match="no fold of each row"):
+        EscalationPolicy().fit(_centroids(), pool, SimulatedUnknowns(F1=sim.F1, is_unknown=sim.is_unknown, n_folds=3))
+
+
+def test_signal_quantiles_survive_the_state_and_old_states_read_raw_signals():
+    pool, sim, unknown = _unlike_proxies()
+    pol = EscalationPolicy().fit(_centroids(), pool, sim)
+    cfg, arrays = pol.to_state()
+    back = EscalationPolicy.from_state(json.loads(json.dumps(cfg)), arrays)
+    np.testing.assert_array_equal(back.signal_quantiles_, pol.signal_quantiles_)
+    X = np.zeros((len(unknown), 8), np.float32)
+    router = np.full((len(unknown), 2), 0.5, np.float32)
+    np.testing.assert_allclose(back.decide(unknown, X, router, escalate=False)["oos_score"],
+                               pol.decide(unknown, X, router, escalate=False)["oos_score"])
+    # a policy saved before signal scaling existed: no quantiles, so it reads raw signals, as it was fitted
+    old = EscalationPolicy(signal_scaling="none").fit(_centroids(), pool, sim)
+    cfg, arrays = old.to_state()
+    cfg["params"].pop("signal_scaling")
+    back = EscalationPolicy.from_state(cfg, arrays)
+    assert back.signal_quantiles_ is None and back.signal_scaling_ == "none"
+    np.testing.assert_allclose(back.decide(unknown, X, router, escalate=False)["oos_score"],
+                               old.decide(unknown, X, router, escalate=False)["oos_score"])
+
+
+def test_with_examples_the_signals_stay_raw_by_default():
+    pol = EscalationPolicy().fit(_centroids(), _pool())
+    assert pol.signal_scaling_ == "none" and pol.signal_quantiles_ is None
+    ranked = EscalationPolicy(signal_scaling="known_rank").fit(_centroids(), _pool())
+    assert ranked.signal_quantiles_ is not None and ranked.detector1_.n_features_in_ == 5
 
 
 def test_prototypes_survive_the_registry_and_are_absent_with_examples(tmp_path):

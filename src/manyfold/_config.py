@@ -31,6 +31,11 @@ class AssemblyConfig:
     - ``oos_calibration``: where out-of-scope detection learns from:
       ``"examples"`` (the data's out-of-scope items), ``"held_out_labels"``
       (labels held out in folds stand in for unknowns) or ``"auto"``.
+    - ``oos_signal_scaling``: how the out-of-scope detectors read their
+      signals: ``"known_rank"`` (each signal's rank among the same model's
+      known validation items, so that what is learnt from held-out-label
+      proxies carries over to experts unlike them), ``"none"`` (raw) or
+      ``"auto"`` (ranks with held-out labels, raw with out-of-scope examples).
     - ``max_chars``: longest text accepted (longer is an ``InputError``).
     - ``oos_label``: the label an out-of-scope answer carries.
     """
@@ -43,6 +48,7 @@ class AssemblyConfig:
     target_false_oos_rate: float = 0.02
     oos_weight: float = 0.1
     oos_calibration: str = "auto"
+    oos_signal_scaling: str = "auto"
     max_chars: int = 2000
     oos_label: str = "out_of_scope"
 
@@ -53,12 +59,15 @@ class AssemblyConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
-        from ._policy import OBJECTIVES, OOS_CALIBRATIONS
+        from ._policy import OBJECTIVES, OOS_CALIBRATIONS, SIGNAL_SCALINGS
 
         if self.escalation_objective not in OBJECTIVES:
             raise ConfigError(f"unknown escalation_objective {self.escalation_objective!r}; valid choices: {', '.join(OBJECTIVES)}")
         if self.oos_calibration not in OOS_CALIBRATIONS:
             raise ConfigError(f"unknown oos_calibration {self.oos_calibration!r}; valid choices: {', '.join(OOS_CALIBRATIONS)}")
+        if self.oos_signal_scaling not in SIGNAL_SCALINGS:
+            raise ConfigError(f"unknown oos_signal_scaling {self.oos_signal_scaling!r}; "
+                              f"valid choices: {', '.join(SIGNAL_SCALINGS)}")
         if self.target_accuracy is not None and not 0.0 <= self.target_accuracy <= 1.0:
             raise ConfigError(f"target_accuracy must be in [0, 1], got {self.target_accuracy!r}")
         if self.escalation_objective == "accuracy" and self.target_accuracy is None:

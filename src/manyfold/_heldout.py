@@ -7,7 +7,8 @@ generalist can be refitted on vectors, a proxy generalist are fitted without
 the fold. The fold's items (train and validation) are then unknowns to the
 proxies; validation items of the other labels are the knowns. Their stage-1
 (and stage-2) features train the out-of-scope detectors; see
-:mod:`manyfold._policy`.
+:mod:`manyfold._policy`. Each row keeps its fold, so that the policy can read a
+proxy's signals against that proxy's own known items (``signal_scaling``).
 
 Without out-of-scope examples, stage 1 gets one more signal: the cosine to the
 nearest label prototype (up to :data:`PROTOTYPES_PER_LABEL` spherical k-means
@@ -88,8 +89,8 @@ def simulate_unknowns(asm: Any, X_tr: np.ndarray, y_tr: np.ndarray, train_items:
         G_va = np.asarray(g.encode(list(val_items)), np.float32)
     protos, proto_label = label_prototypes(X_tr, y_tr, labels.tolist(), seed=seed)
     proto_label = labels[proto_label]
-    F1s, unk, fgs = [], [], []
-    for fold in folds:
+    F1s, unk, fgs, fold_of = [], [], [], []
+    for f, fold in enumerate(folds):
         held = np.isin(y_tr, fold)
         held_va = np.isin(y_val, fold)
         kept = np.array(sorted(set(labels.tolist()) - set(fold.tolist())), dtype=str)
@@ -106,10 +107,11 @@ def simulate_unknowns(asm: Any, X_tr: np.ndarray, y_tr: np.ndarray, train_items:
         p = softmax(head_logits(params, rows) / temp)
         F1s.append(stage1_features(p, rows, cents, p @ member, protos[~np.isin(proto_label, fold)]))
         unk.append(np.r_[np.ones(int(held.sum() + held_va.sum()), bool), np.zeros(int((~held_va).sum()), bool)])
+        fold_of.append(np.full(len(rows), f, np.int64))
         if gen_sim:
             proxy = type(g)(**{**g.get_params(), "max_iter": min(int(g.get_params().get("max_iter", 150)), 150)})
             proxy.fit(y=y_tr[~held], features=G_tr[~held], features_val=G_va[~held_va], y_val=y_val[~held_va])
             fgs.append(proxy.signals_features(np.concatenate([G_tr[held], G_va[held_va], G_va[~held_va]]))[1])
     return SimulatedUnknowns(F1=np.concatenate(F1s).astype(np.float32), is_unknown=np.concatenate(unk),
                              fg=np.concatenate(fgs).astype(np.float32) if gen_sim else None, n_folds=len(folds),
-                             prototypes=protos)
+                             prototypes=protos, fold=np.concatenate(fold_of))

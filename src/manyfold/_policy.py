@@ -19,6 +19,19 @@ arrays the assembly computed on held-out data; :meth:`decide` and
 * ``"auto"`` (default): ``"examples"`` when there are out-of-scope items, else
   ``"held_out_labels"``.
 
+**On what scale the detectors read the signals** (``signal_scaling``): a
+detector learnt from held-out-label proxies must carry over to the real
+experts, and the two need not be alike (a flat linear proxy on raw pixels is
+far less sure of itself than a CNN expert). With ``"known_rank"`` every
+stage-1 signal is read as its rank among the *same model's* known validation
+items (the logit of that empirical CDF, mid-rank for ties): a proxy's signals
+against its own fold's known items, the assembly's against its in-scope
+validation items. What the detector learns is then "how unusual is this for a
+known item of this model", which holds for either model. ``"none"`` reads the
+raw signals; ``"auto"`` (default) ranks with held-out-label calibration and
+reads raw signals with out-of-scope examples (where the detector learns from
+the real assembly's own signals and there is nothing to carry over).
+
 **How much to escalate** (``objective``), chosen on the validation split from
 the curve of accuracy against escalation rate:
 
@@ -46,8 +59,9 @@ from ._exceptions import ArtifactError, ConfigError
 from ._features import confidence_features, normalise_rows
 from ._oos import OOSDetector
 
-__all__ = ["EscalationPolicy", "PoolSignals", "SimulatedUnknowns", "stage1_features", "nearest_prototype_cosine", "NEVER", "MIN_OOS_PROBA",
-           "OBJECTIVES", "OOS_CALIBRATIONS"]
+__all__ = ["EscalationPolicy", "PoolSignals", "SimulatedUnknowns", "stage1_features", "nearest_prototype_cosine",
+           "known_quantiles", "rank_signals", "NEVER", "MIN_OOS_PROBA", "OBJECTIVES", "OOS_CALIBRATIONS", "SIGNAL_SCALINGS",
+           "RANK_LEVELS"]
 
 #: a threshold on a probability that is never reached (JSON has no infinity)
 NEVER = 2.0
@@ -55,6 +69,9 @@ NEVER = 2.0
 MIN_OOS_PROBA = 0.5
 OBJECTIVES = ("knee", "accuracy", "budget")
 OOS_CALIBRATIONS = ("auto", "examples", "held_out_labels")
+SIGNAL_SCALINGS = ("auto", "none", "known_rank")
+#: quantile levels kept per stage-1 signal for ``signal_scaling="known_rank"`` (a 1/1000 grid of the known items' CDF)
+RANK_LEVELS = 1001
 #: escalation budgets on the accuracy-vs-escalation curve (shares of in-scope validation items)
 BUDGET_GRID = tuple(sorted({round(float(b), 3) for b in (*np.arange(0.0, 0.30001, 0.01), *np.arange(0.35, 1.00001, 0.05))}))
 _THRESHOLDS = ("confidence_threshold", "escalate_oos_threshold", "oos_threshold_small", "oos_threshold_escalated")
@@ -78,6 +95,43 @@ def stage1_features(proba: np.ndarray, X: np.ndarray, centroids: np.ndarray, rou
 def nearest_prototype_cosine(X: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     """Per row of ``X``: the largest cosine to any row of ``prototypes`` (unit rows)."""
     return (normalise_rows(np.asarray(X, np.float32)) @ np.asarray(prototypes, np.float32).T).max(1)
+
+
+def known_quantiles(F: np.ndarray, levels: int = RANK_LEVELS) -> np.ndarray:
+    """``(levels, d)``: the quantiles of each column of ``F`` (the signals of known items) at ``linspace(0, 1, levels)``."""
+    F = np.asarray(F, np.float64)
+    if F.ndim != 2 or len(F) == 0:
+        raise ConfigError(f"known_quantiles needs a non-empty 2-d array of signals; got shape {F.shape}")
+    return np.quantile(F, np.linspace(0.0, 1.0, levels), axis=0).astype(np.float32)
+
+
+def rank_signals(F: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Each column of ``F`` read as the logit of its rank among the known items ``quantiles`` describe.
+
+    The rank is the position on the quantile grid, interpolated linearly
+    between grid points, the middle of a run of equal quantiles for a value
+    that many known items share (a saturated max-probability, say), and the
+    grid's ends beyond it; ``u = (position + 0.5) / levels``, so values stay
+    finite (about +-7.6 with 1,001 levels).
+    """
+    F = np.asarray(F, np.float64)
+    q = np.asarray(quantiles, np.float64)
+    if F.ndim != 2 or q.ndim != 2 or F.shape[1] != q.shape[1]:
+        raise ConfigError(f"signals of shape {F.shape} do not match rank quantiles of shape {q.shape}")
+    n = q.shape[0]
+    out = np.empty(F.shape, np.float32)
+    for j in range(F.shape[1]):
+        qj, x = q[:, j], F[:, j]
+        lo, hi = np.searchsorted(qj, x, "left"), np.searchsorted(qj, x, "right")
+        i = np.clip(lo, 1, n - 1)
+        a, b = qj[i - 1], qj[i]
+        gap = b - a
+        frac = np.where(gap > 0, (x - a) / np.where(gap > 0, gap, 1.0), 0.5)
+        pos = np.where(hi > lo + 1, (lo + hi - 1) / 2.0, np.clip(i - 1 + frac, 0.0, n - 1.0))
+        pos = np.where(x < qj[0], 0.0, np.where(x > qj[-1], n - 1.0, pos))
+        u = (pos + 0.5) / n
+        out[:, j] = np.log(u / (1.0 - u))
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +163,23 @@ class SimulatedUnknowns:
     n_folds: int = 0
     #: the prototypes (unit rows, several per label, all labels) whose nearest cosine is the last column of ``F1``
     prototypes: np.ndarray | None = None
+    #: each row's fold: the fold's known rows (``~is_unknown``) are the proxy's own known validation items, the
+    #: reference of the rows' ranks under ``signal_scaling="known_rank"`` (None: ranks not available)
+    fold: np.ndarray | None = None
+
+    def ranked_F1(self) -> np.ndarray:
+        """``F1`` with each fold's signals ranked among that fold's known rows (:func:`rank_signals`)."""
+        if self.fold is None:
+            raise ConfigError("these simulated unknowns carry no fold of each row: ranked signals need it")
+        fold = np.asarray(self.fold)
+        out = np.empty(self.F1.shape, np.float32)
+        for f in np.unique(fold):
+            rows = fold == f
+            known = rows & ~np.asarray(self.is_unknown, bool)
+            if not known.any():
+                raise ConfigError(f"fold {int(f)} of the simulated unknowns has no known item to rank against")
+            out[rows] = rank_signals(self.F1[rows], known_quantiles(self.F1[known]))
+        return out
 
 
 def _quantile(v: np.ndarray, q: float) -> float:
@@ -121,14 +192,16 @@ class EscalationPolicy(BaseEstimator):
 
     After ``fit``: ``thresholds_`` (dict), ``fusion_weight_``, ``centroids_``,
     ``prototypes_`` (label prototypes for the nearest-prototype signal; held-out-label
-    calibration only, else None), ``detector1_``, ``detector2_`` (None without a generalist or when it cannot
+    calibration only, else None), ``signal_quantiles_`` (the in-scope validation items'
+    stage-1 signal quantiles the detectors rank against; None when they read raw
+    signals), ``signal_scaling_`` (``"known_rank"`` or ``"none"``), ``detector1_``, ``detector2_`` (None without a generalist or when it cannot
     be simulated), ``oos_method_``, ``report_`` (the validation figures and the
     curve the budget was chosen on).
     """
 
     def __init__(self, *, objective: str = "knee", max_escalation_rate: float = 1.0, target_accuracy: float | None = None,
                  knee_tolerance: float = 0.005, target_false_oos_rate: float = 0.02, oos_weight: float = 0.1,
-                 oos_calibration: str = "auto") -> None:
+                 oos_calibration: str = "auto", signal_scaling: str = "auto") -> None:
         self.objective = objective
         self.max_escalation_rate = max_escalation_rate
         self.target_accuracy = target_accuracy
@@ -136,6 +209,7 @@ class EscalationPolicy(BaseEstimator):
         self.target_false_oos_rate = target_false_oos_rate
         self.oos_weight = oos_weight
         self.oos_calibration = oos_calibration
+        self.signal_scaling = signal_scaling
 
     @classmethod
     def from_config(cls, config: Any) -> EscalationPolicy:
@@ -143,13 +217,15 @@ class EscalationPolicy(BaseEstimator):
         return cls(objective=config.escalation_objective, max_escalation_rate=config.max_escalation_rate,
                    target_accuracy=config.target_accuracy, knee_tolerance=config.knee_tolerance,
                    target_false_oos_rate=config.target_false_oos_rate, oos_weight=config.oos_weight,
-                   oos_calibration=config.oos_calibration)
+                   oos_calibration=config.oos_calibration, signal_scaling=config.oos_signal_scaling)
 
     def _check_params(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown escalation objective {self.objective!r}; valid choices: {', '.join(OBJECTIVES)}")
         if self.oos_calibration not in OOS_CALIBRATIONS:
             raise ConfigError(f"unknown oos_calibration {self.oos_calibration!r}; valid choices: {', '.join(OOS_CALIBRATIONS)}")
+        if self.signal_scaling not in SIGNAL_SCALINGS:
+            raise ConfigError(f"unknown signal_scaling {self.signal_scaling!r}; valid choices: {', '.join(SIGNAL_SCALINGS)}")
         if self.objective == "accuracy" and self.target_accuracy is None:
             raise ConfigError("the 'accuracy' escalation objective needs target_accuracy (e.g. 0.95)")
 
@@ -182,11 +258,18 @@ class EscalationPolicy(BaseEstimator):
                             "oos_threshold_escalated": NEVER}
         self.fusion_weight_ = 0.5
         self.detector2_ = None
-        F1 = stage1_features(pool.proba, pool.X, self.centroids_, pool.router_proba, self.prototypes_)
-        if method == "examples":
+        scaling = self.signal_scaling
+        if scaling == "auto":
+            scaling = "known_rank" if method == "held_out_labels" else "none"
+        self.signal_scaling_ = scaling
+        raw1 = stage1_features(pool.proba, pool.X, self.centroids_, pool.router_proba, self.prototypes_)
+        self.signal_quantiles_ = known_quantiles(raw1[ins]) if scaling == "known_rank" else None
+        F1 = self._scaled(raw1)
+        if method == "examples":  # (with "known_rank", the out-of-scope examples ranked among the in-scope items)
             self.detector1_ = OOSDetector().fit(F1, t)
         else:
-            self.detector1_ = OOSDetector().fit(simulated.F1, simulated.is_unknown)
+            S1 = simulated.ranked_F1() if scaling == "known_rank" else simulated.F1
+            self.detector1_ = OOSDetector().fit(S1, simulated.is_unknown)
         oos1 = self.detector1_.predict_proba(F1)
         self.thresholds_["oos_threshold_small"] = _quantile(oos1[ins], 1 - self.target_false_oos_rate)
         yi = np.asarray(pool.y_index)
@@ -196,7 +279,7 @@ class EscalationPolicy(BaseEstimator):
         if method == "held_out_labels":
             u = simulated.is_unknown
             report["held_out_folds"] = int(simulated.n_folds)
-            report["val_unknown_recall_small"] = float((self.detector1_.predict_proba(simulated.F1[u])
+            report["val_unknown_recall_small"] = float((self.detector1_.predict_proba(S1[u])
                                                         >= self.thresholds_["oos_threshold_small"]).mean())
         if pool.pg_in is None:
             self.report_ = report
@@ -207,7 +290,7 @@ class EscalationPolicy(BaseEstimator):
             self.detector2_ = OOSDetector().fit(G, t)
             oos2 = self.detector2_.predict_proba(G)
         elif simulated.fg is not None:
-            self.detector2_ = OOSDetector().fit(np.concatenate([simulated.F1, simulated.fg], 1), simulated.is_unknown)
+            self.detector2_ = OOSDetector().fit(np.concatenate([S1, simulated.fg], 1), simulated.is_unknown)
             oos2 = self.detector2_.predict_proba(np.concatenate([F1, pool.fg], 1))
         else:
             oos2 = oos1
@@ -221,13 +304,13 @@ class EscalationPolicy(BaseEstimator):
         fused_correct = self.fuse(pool.proba, pool.pg_in).argmax(1) == yi
         if method == "held_out_labels":  # the unknowns of the search are the simulated ones
             u = simulated.is_unknown
-            su1 = self.detector1_.predict_proba(simulated.F1[u])
-            su2 = (self.detector2_.predict_proba(np.concatenate([simulated.F1[u], simulated.fg[u]], 1))
+            su1 = self.detector1_.predict_proba(S1[u])
+            su2 = (self.detector2_.predict_proba(np.concatenate([S1[u], simulated.fg[u]], 1))
                    if self.detector2_ is not None else su1)
             n_u = int(u.sum())
             oos1 = np.concatenate([oos1[ins], su1])
             oos2 = np.concatenate([oos2[ins], su2])
-            conf = np.concatenate([conf[ins], np.exp(simulated.F1[u, 0])])
+            conf = np.concatenate([conf[ins], np.exp(simulated.F1[u, 0])])  # raw: the proxies' own max-probability
             small_correct = np.r_[small_correct[ins], np.zeros(n_u, bool)]
             fused_correct = np.r_[fused_correct[ins], np.zeros(n_u, bool)]
             t = np.r_[np.zeros(int(ins.sum()), bool), np.ones(n_u, bool)]
@@ -297,6 +380,11 @@ class EscalationPolicy(BaseEstimator):
         return {"budget": float(budget), "thresholds": (float(te), float(tc), float(t2)), "accuracy": float(acc),
                 "recall": float(rec), "rate": float(rate)}
 
+    def _scaled(self, F1: np.ndarray) -> np.ndarray:
+        """The stage-1 signals as the detectors read them: ranked (``signal_quantiles_``) or raw."""
+        q = getattr(self, "signal_quantiles_", None)
+        return F1 if q is None else rank_signals(F1, q)
+
     # -- deciding -----------------------------------------------------------------------------
     def fuse(self, proba: np.ndarray, pg_in: np.ndarray) -> np.ndarray:
         """Log-linear fusion of the experts' and the generalist's in-scope probabilities."""
@@ -307,10 +395,11 @@ class EscalationPolicy(BaseEstimator):
         return p / p.sum(1, keepdims=True)
 
     def decide(self, proba: np.ndarray, X: np.ndarray, router_proba: np.ndarray, *, escalate: bool) -> dict[str, np.ndarray]:
-        """Stage 1: ``features``, ``oos_score``, ``is_oos``, ``escalated`` and ``reason`` per row."""
+        """Stage 1: ``features`` (the stage-1 signals as the detectors read them), ``oos_score``, ``is_oos``,
+        ``escalated`` and ``reason`` per row."""
         check_fitted(self, "thresholds_")
         th = self.thresholds_
-        F1 = stage1_features(proba, X, self.centroids_, router_proba, getattr(self, "prototypes_", None))
+        F1 = self._scaled(stage1_features(proba, X, self.centroids_, router_proba, getattr(self, "prototypes_", None)))
         oos1 = self.detector1_.predict_proba(F1)
         n = len(X)
         esc = np.zeros(n, bool)
@@ -362,7 +451,9 @@ class EscalationPolicy(BaseEstimator):
                   "thresholds": {k: float(v) for k, v in self.thresholds_.items()},
                   "fusion_weight": float(self.fusion_weight_), "oos_method": self.oos_method_, "report": self.report_}
         protos = getattr(self, "prototypes_", None)
-        return config, {"centroids": self.centroids_, **({"prototypes": protos} if protos is not None else {}), **det_arr}
+        quants = getattr(self, "signal_quantiles_", None)
+        return config, {"centroids": self.centroids_, **({"prototypes": protos} if protos is not None else {}),
+                        **({"signal_quantiles": quants} if quants is not None else {}), **det_arr}
 
     @classmethod
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> EscalationPolicy:
@@ -383,6 +474,9 @@ class EscalationPolicy(BaseEstimator):
             raise ArtifactError("an escalation policy without centroids or a stage-1 detector")
         est.centroids_ = np.asarray(arrays["centroids"], np.float32)
         est.prototypes_ = np.asarray(arrays["prototypes"], np.float32) if "prototypes" in arrays else None
+        # policies saved before signal scaling existed have no quantiles: they read raw signals, as they were fitted
+        est.signal_quantiles_ = np.asarray(arrays["signal_quantiles"], np.float32) if "signal_quantiles" in arrays else None
+        est.signal_scaling_ = "known_rank" if est.signal_quantiles_ is not None else "none"
         dets = {}
         for k, cfg in config["detectors"].items():
             dets[k] = OOSDetector.from_state(cfg, {a.split(".", 1)[1]: v for a, v in arrays.items() if a.startswith(k + ".")})

@@ -12,6 +12,10 @@ The folder :func:`export_assembly` writes (atomically: a crash leaves the old fo
     centroids.npy      the label centroids the stage-1 signals compare with
     prototypes.npy     (calibrated without out-of-scope examples only) label prototypes: one more signal,
                        the cosine to the nearest
+    signal_quantiles.npy  (when the policy ranks its signals, ``signal_scaling``) [1001, d] quantiles of
+                       each stage-1 signal on the known validation items: ``oos.onnx`` reads each signal
+                       as the logit of its rank among them (``manyfold._policy.rank_signals``; the
+                       reference runner reimplements it in numpy)
 
 The answers are those of ``Assembly.predict(items, escalate=False)`` (``manyfold predict
 --no-escalate``): the generalist stays behind. ``docs/edge_runner.py`` is the reference runner (numpy,
@@ -518,6 +522,11 @@ def export_assembly(asm: Any, out_dir: str | Path, *, int8: bool | str = False) 
             buf = io.BytesIO()
             np.save(buf, np.asarray(protos, np.float32), allow_pickle=False)
             atomic_write_bytes(tmp / "prototypes.npy", buf.getvalue())
+        quants = getattr(policy, "signal_quantiles_", None)
+        if quants is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(quants, np.float32), allow_pickle=False)
+            atomic_write_bytes(tmp / "signal_quantiles.npy", buf.getvalue())
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = getattr(asm, "manifest_", None) or {}
         meta = {
@@ -533,6 +542,9 @@ def export_assembly(asm: Any, out_dir: str | Path, *, int8: bool | str = False) 
             "encoder": encoder, "router": router_entry, "experts": experts,
             "oos": {"file": "oos.onnx", "centroids": "centroids.npy",
                     **({"prototypes": "prototypes.npy"} if protos is not None else {}),
+                    **({"signal_quantiles": "signal_quantiles.npy",
+                        "scaling": "x_j -> logit(rank of x_j among the known items' quantiles), mid-rank on ties"}
+                       if quants is not None else {}),
                     "features": [*STAGE1_FEATURES, *([PROTOTYPE_FEATURE] if protos is not None else [])],
                     "threshold": float(policy.thresholds_["oos_threshold_small"]),
                     "rule": "is_oos = p_oos >= threshold (thresholds.oos_threshold_small)"},
