@@ -267,6 +267,7 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
     False / True: the server's defaults, without / with the hostile mix beside the well-behaved clients."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    load = os.getloadavg()  # other work on the machine shows here (the server is not started yet)
     proc = start_server(args, port, micro_batching, generalist_stage, defaults=hostile is not None)
     try:
         startup = wait_ready(proc, base, args.startup_limit)
@@ -297,6 +298,7 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
         res["server_mean_batch_items"] = round(n and (after["mean_batch_items"] * after["batches"]
                                                        - before["mean_batch_items"] * before["batches"]) / n, 2)
         res["startup_seconds"] = round(startup, 1)
+        res["loadavg_at_start"] = [round(x, 2) for x in load]
         return res
     finally:
         stop_server(proc)
@@ -492,6 +494,10 @@ def machine() -> dict[str, Any]:
             "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
 
 
+def _loadavg(v: Any) -> str:
+    return ", ".join(f"{x:.2f}" for x in v) if v else "not recorded"
+
+
 def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -511,6 +517,8 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     md = [f"# manyfold serve: load benchmark ({result['assembly']})", "",
           f"- command: `{result['command']}`", f"- date: {result['date']}",
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
+          f"- load average (1, 5, 15 min) at start: {_loadavg(result['machine'].get('loadavg_at_start'))}"
+          + (f"; at end: {_loadavg(result['machine']['loadavg_at_end'])}" if 'loadavg_at_end' in result['machine'] else ""),
           f"- **{result['note']}**", f"- server torch threads: {result['server_threads'] or 'torch default'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
           f"CLINC150 test texts, one keep-alive HTTP/1.1 connection per client (asyncio streams), 127.0.0.1", "", *rows, ""]
     if off:
@@ -558,7 +566,8 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
         md += ["", f"Hostile mix at {result.get('hostile_fraction')} of offline throughput (same arrivals, default "
                f"server settings): well-behaved p99 {calm['p99_ms']} ms calm, {hot['p99_ms']} ms with the mix "
                f"({ratio:.2f}x; target <= 2x), failures {calm['failed']} / {hot['failed']} (target 0): "
-               f"**{'holds' if ok else 'NOT met'}**.",
+               f"**{'holds' if ok else 'NOT met'}**. Load average (1, 5, 15 min) before each server started: "
+               f"calm {_loadavg(calm.get('loadavg_at_start'))}, with the mix {_loadavg(hot.get('loadavg_at_start'))}.",
                f"- slow connections: {mix.get('slow')}", f"- maximal predict in flight: {mix.get('maximal')}",
                f"- 256-item route flood: {mix.get('route')}"]
     (out / f"serve_load{args.suffix}.md").write_text("\n".join(md) + "\n")

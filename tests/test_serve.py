@@ -332,7 +332,7 @@ def test_expert_failure_falls_back_to_generalist(asm, texts):
     j = list(asm.router.experts_).index(bad)
     routes = [*asm._route_experts]
     routes[j] = BoomExpert(routes[j])
-    with _client(_variant(asm, _route_experts=routes)) as c:
+    with _client(_variant(asm, _route_experts=routes), max_part_chars=4096) as c:  # one part: one batch
         r = c.post("/v1/predict", json={"items": texts})
         assert r.status_code == 200, r.text
         preds = r.json()["predictions"]

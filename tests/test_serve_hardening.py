@@ -106,7 +106,7 @@ def test_a_request_over_the_work_budget_is_413(asm):
 
 def test_admitted_work_is_bounded_and_the_rest_gets_503(asm):
     gated = _gated(asm)
-    app = create_app(ServeConfig(assembly=gated, max_request_chars=100, max_queued_chars=200, max_batch_chars=45))
+    app = create_app(ServeConfig(assembly=gated, max_request_chars=100, max_queued_chars=200, max_batch_chars=45, max_part_chars=45))
 
     async def go(c):
         def post(path, items):
@@ -135,7 +135,7 @@ def test_a_large_request_runs_in_parts_and_a_later_small_one_goes_between(asm):
     gated = _gated(asm)
     big = ["hold" + t[4:] for t in _texts(1, 1, "h")] + _texts(1, 5, "big")  # 6 x 20 characters: 3 parts of 40
     small = "w2x2 w2x3 small"
-    app = create_app(ServeConfig(assembly=gated, max_batch_chars=45))
+    app = create_app(ServeConfig(assembly=gated, max_batch_chars=45, max_part_chars=45))
 
     async def go(c):
         done: list[str] = []
@@ -164,7 +164,7 @@ def test_a_large_request_runs_in_parts_and_a_later_small_one_goes_between(asm):
 def test_a_caller_that_timed_out_has_its_remaining_work_dropped(asm):
     gated = _gated(asm)
     big = ["hold" + t[4:] for t in _texts(1, 1, "h")] + _texts(1, 5, "big")
-    app = create_app(ServeConfig(assembly=gated, max_batch_chars=45, request_timeout_s=0.3))
+    app = create_app(ServeConfig(assembly=gated, max_batch_chars=45, max_part_chars=45, request_timeout_s=0.3))
 
     async def go(c):
         first = asyncio.ensure_future(c.post("/v1/predict", json={"items": big}))
@@ -430,14 +430,15 @@ def test_every_part_of_a_request_runs_on_the_snapshot_of_its_first(asm):
     gated = _gated(asm)
     other = copy.copy(asm)
     other.encoder = GatedEncoder(asm.encoder)  # records what it is asked: must see nothing of the first request
-    app = create_app(ServeConfig(assembly=gated, version=1, max_batch_chars=45))
+    app = create_app(ServeConfig(assembly=gated, version=1, max_batch_chars=45, max_part_chars=45))
     items = ["hold" + t[4:] for t in _texts(1, 1, "h")] + _texts(1, 3, "v")  # two parts: the swap comes between
 
     async def go(c):
         first = asyncio.ensure_future(c.post("/v1/predict", json={"items": items}))
-        route = asyncio.ensure_future(c.post("/v1/route", json={"items": ["w2x2 r"]}))
         await _entered(gated.encoder)
         app.state.engine.swap(other, 2)
+        route = asyncio.ensure_future(c.post("/v1/route", json={"items": ["w2x2 r"]}))  # waits: goes before part 2
+        await asyncio.sleep(0.1)
         gated.encoder.gate.set()
         return await first, await route
 

@@ -189,14 +189,16 @@ def create_app(config: ServeConfig) -> FastAPI:
     PredictBody, RouteBody, AddExpertRequest = M.PredictBody, M.RouteBody, M.AddExpertRequest
     ImagePredictRequest, ImageRouteRequest = M.ImagePredictRequest, M.ImageRouteRequest
     admission = dict(max_queue=config.max_queue, max_batch_size=config.max_batch_size,
-                     max_batch_chars=config.max_batch_chars, max_queued_chars=config.max_queued_chars,
+                     max_batch_chars=config.max_batch_chars, max_part_chars=config.max_part_chars,
+                     max_queued_chars=config.max_queued_chars,
                      max_generalist_batch_chars=config.max_generalist_batch_chars,
                      run_route=engine.run_route, snapshot=engine.snapshot)
     admission.update(run_generalist=engine.run_generalist, skip_generalist=engine.skip_generalist,
                      max_escalated_chars=config.max_escalated_chars)
     if config.micro_batching:
         runner: Any = MicroBatcher(engine.run_batch, metrics, max_wait_ms=config.max_wait_ms,
-                                   generalist_stage=config.generalist_stage, **admission)
+                                   generalist_stage=config.generalist_stage,
+                                   large_generalist_nice=config.large_generalist_nice, **admission)
     else:
         runner = DirectRunner(engine.run_batch, metrics, **admission)
     token = config.resolved_admin_token()

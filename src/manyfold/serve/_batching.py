@@ -11,14 +11,19 @@ can never take the room of small ones. The work of a request is the number of
 characters of its texts (an image counts 0: its request is bounded by the image
 limits and ``max_queue``).
 
-Batching: each request is cut into parts of at most ``max_batch_size`` items
-and ``max_batch_chars`` characters (an item is never cut). One worker takes the
-first waiting part, gathers more until the batch holds ``max_batch_size`` items
-or ``max_batch_chars`` characters or ``max_wait_ms`` has passed, runs the whole
-batch in a thread (one encoder call) and hands each request its slice. A
-request's next part goes to the back of the queue when its previous part is
-done, so a large request shares the encoder with the requests that arrived
-after it (round robin) instead of holding it until it is finished.
+Batching (:class:`_Scheduler`): a request over ``max_part_chars`` characters
+or ``max_batch_size`` items is *large* and is cut into parts of at most that
+many (an item is never cut); the others are *small* (one part). Small requests
+wait first come, first served; one worker takes the first, gathers more until
+the batch holds ``max_batch_size`` items or ``max_batch_chars`` characters or
+``max_wait_ms`` has passed, runs the whole batch in a thread (one encoder
+call) and hands each request its slice. Each part of a large request runs in a
+batch of its own (its long texts never pad out short ones); the large requests
+take turns by deficit round robin over characters. The next batch is small
+unless the large requests are owed a turn (the last batch was small while one
+waited): a small request waits for at most one part of a large one besides the
+batch in flight, however many large requests are admitted, and no large
+request starves (at least every second batch is theirs while they wait).
 
 A request whose caller has gone (timed out or disconnected: its future is
 cancelled) is dropped: its waiting parts never reach the encoder, its escalated
@@ -34,21 +39,28 @@ Routing (``/v1/route``) goes through the same queue and admission
 
 With a ``run_generalist`` the batcher has two stages: a batch runs only the
 small stage, requests whose items were all answered there are answered at
-once, and escalated items wait for the generalist. A second worker gathers
+once, and escalated items wait for the generalist. Generalist workers gather
 waiting escalations round robin across requests (one item of each in turn, up
 to ``max_batch_size`` items and ``max_generalist_batch_chars`` characters: the
-generalist costs several times more per character) into one generalist call, so the big model sees batches gathered from several small
-batches and a large request cannot hold it either (both stages share the
-cores: under saturation escalated requests wait longer than with one stage;
-see docs/serve.md).
+generalist costs several times more per character) into one generalist call,
+so the big model sees batches gathered from several small batches and a
+request cannot hold it. Small and large requests' escalations have a worker
+each: a small request's escalated text never waits behind a large request's
+long ones (seconds of generalist each; an item cannot be cut), the two calls
+share the cores instead (all stages share them: under saturation escalated
+requests wait longer than with one stage; see docs/serve.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +212,124 @@ class _Escalations:
         return go
 
 
+class _Scheduler:
+    """Which waiting work the next encoder batch takes: small requests first, large ones in turns.
+
+    A *small* request runs in one part; a *large* one in several (``_parts``: at
+    most ``max_part_chars`` characters and ``max_batch_size`` items each). Small
+    requests wait first come, first served and are gathered together, up to
+    ``max_items`` items and ``max_chars`` characters (route and predict apart).
+    The large ones take turns by deficit round robin over characters: a request
+    that gets the turn is credited ``quantum`` characters and runs its next part
+    when its credit covers it (then the next, while the credit lasts), else the
+    turn passes on; its unused credit is kept for its next turn. A part of a
+    large request runs in a batch of its own: its long texts never pad out a
+    batch of short ones (the encoder pads a batch to its longest text).
+
+    Between the two: the next batch is small unless the large requests are owed
+    a turn, which they are when the last batch was small while one of them
+    waited. While both wait, batches alternate: a small request waits at most
+    for the batch in flight and one part of a large request, however many large
+    requests are admitted; and large requests get at least every second batch,
+    so none starves. Requests whose caller has gone (their future is done) are
+    dropped when the scheduler meets them: their waiting parts never run.
+    """
+
+    def __init__(self, max_items: int, max_chars: int, quantum: int) -> None:
+        if quantum < 1:
+            raise ValueError(f"quantum must be a positive number of characters, got {quantum!r}")
+        self.max_items, self.max_chars, self.quantum = max_items, max_chars, quantum
+        self.small: deque[_Job] = deque()  # first come, first served
+        self.large: deque[_Job] = deque()  # the ring: its head has the turn
+        self.deficit: dict[_Job, int] = {}  # characters of credit of each large request
+        self._turn: _Job | None = None  # the large request credited for the turn it holds
+        self.large_owed = False  # the last batch was small while a large request waited
+
+    def add(self, job: _Job) -> None:
+        """A newly admitted request (large when it runs in more than one part)."""
+        if len(job.parts) > 1:
+            self.large.append(job)
+            self.deficit[job] = 0
+        else:
+            self.small.append(job)
+
+    def __len__(self) -> int:
+        """Requests whose next part waits (those whose caller has gone included, until met)."""
+        return len(self.small) + len(self.large)
+
+    def _prune(self) -> None:
+        while self.small and self.small[0].future.done():  # the caller has gone: its part never runs
+            self.small.popleft()
+        if any(j.future.done() or not j.parts for j in self.large):  # gone, or every part has run
+            keep = [j for j in self.large if not j.future.done() and j.parts]
+            for j in self.large:
+                if j not in keep:
+                    self.deficit.pop(j, None)
+            self.large = deque(keep)
+            if self._turn is not None and self._turn not in self.deficit:
+                self._turn = None
+
+    def next_kind(self) -> str | None:
+        """``"small"``, ``"large"``, or None when nothing waits: what :meth:`take` would take now."""
+        self._prune()
+        if self.large and (self.large_owed or not self.small):
+            return "large"
+        return "small" if self.small else None
+
+    def take(self) -> list[_Job]:
+        """The requests of the next batch (each runs its next part, ``job.parts[0]``); empty when nothing waits."""
+        kind = self.next_kind()
+        if kind == "large":
+            self.large_owed = False
+            return [self._take_large()]
+        if kind == "small":
+            batch, _ = self._gather_small(commit=True)
+            self.large_owed = bool(self.large)
+            return batch
+        return []
+
+    def small_batch_full(self) -> bool:
+        """Whether the small batch :meth:`take` would make now can take no more requests (so need not wait)."""
+        self._prune()
+        return self._gather_small(commit=False)[1]
+
+    def _gather_small(self, commit: bool) -> tuple[list[_Job], bool]:
+        """The small requests of the next batch and whether it is full (at a limit, or the next one cannot join)."""
+        batch: list[_Job] = []
+        n = chars = 0
+        full = False
+        for job in self.small:
+            if job.future.done():
+                continue
+            k, c = job.size()
+            if batch and (job.route != batch[0].route or n + k > self.max_items or chars + c > self.max_chars):
+                full = True
+                break
+            batch.append(job)
+            n, chars = n + k, chars + c
+            if n >= self.max_items or chars >= self.max_chars:
+                full = True
+                break
+        if commit:
+            taken = set(batch)
+            self.small = deque(j for j in self.small if j not in taken and not j.future.done())
+        return batch, full
+
+    def _take_large(self) -> _Job:
+        """The large request whose part runs next (deficit round robin over characters)."""
+        while True:
+            job = self.large[0]
+            if self._turn is not job:  # its turn starts: credit it
+                self._turn = job
+                self.deficit[job] += self.quantum
+            chars = job.size()[1]
+            if chars <= self.deficit[job]:
+                self.deficit[job] -= chars
+                return job
+            self.large.rotate(-1)  # its credit does not cover its next part: the turn passes on
+            self._turn = None
+
+
 class MicroBatcher:
     """Gathers requests into batches for ``run_batch(items, escalate_flags, defer, snap)`` (called in a thread).
 
@@ -219,23 +349,29 @@ class MicroBatcher:
                  snapshot: Callable[[], Any] = lambda: None, max_batch_chars: int | None = None,
                  max_generalist_batch_chars: int | None = None, max_queued_chars: int | None = None,
                  generalist_stage: bool = True, max_escalated_chars: int | None = None,
-                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None) -> None:
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None,
+                 max_part_chars: int | None = None, large_generalist_nice: int = 0) -> None:
         self.run_batch = run_batch
         self.run_generalist = run_generalist
         self.generalist_stage = generalist_stage and run_generalist is not None
+        self.large_generalist_nice = large_generalist_nice
+        self._large_executor: ThreadPoolExecutor | None = None
         self.escalations = _Escalations(metrics, max_escalated_chars, skip_generalist)
         self.run_route = run_route
         self.snapshot = snapshot
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_chars = max_batch_chars if max_batch_chars is not None else 1 << 62
+        self.max_part_chars = max_part_chars if max_part_chars is not None else self.max_batch_chars
         self.max_gen_chars = max_generalist_batch_chars if max_generalist_batch_chars is not None else 1 << 62
         self.max_wait = max_wait_ms / 1e3
         self.admission = _Admission(metrics, max_queue, max_queued_chars)
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()  # requests whose next part waits
-        self._gen: dict[_Job, deque[tuple[int, Pending]]] = {}  # escalated items waiting, per request (ordered)
-        self._gen_event: asyncio.Event | None = None
-        self._carry: _Job | None = None
+        self.scheduler = _Scheduler(max_batch_size, self.max_batch_chars, self.max_part_chars)
+        # escalated items waiting, per request (ordered): of small requests, and of large ones (called apart)
+        self._gen: dict[_Job, deque[tuple[int, Pending]]] = {}
+        self._gen_large: dict[_Job, deque[tuple[int, Pending]]] = {}
+        self._gen_events: dict[int, asyncio.Event] = {}  # id(ring) -> set while items wait there
+        self._work_event: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -246,12 +382,18 @@ class MicroBatcher:
             return
         for t in self._tasks:  # started lazily where no lifespan ran (or the loop changed)
             t.cancel()
-        self._gen_event = asyncio.Event()
-        if self._gen:
-            self._gen_event.set()
+        self._work_event = asyncio.Event()
+        self._gen_events = {id(ring): asyncio.Event() for ring in (self._gen, self._gen_large)}
+        self._signal_generalist()
+        if len(self.scheduler):
+            self._work_event.set()
         self._tasks = [asyncio.create_task(self._worker(), name="manyfold-batcher")]
         if self.generalist_stage:
-            self._tasks.append(asyncio.create_task(self._generalist_worker(), name="manyfold-generalist"))
+            if self._large_executor is None:
+                self._large_executor = ThreadPoolExecutor(1, "manyfold-large-generalist", self._lower_priority)
+            self._tasks += [asyncio.create_task(self._generalist_worker(self._gen), name="manyfold-generalist"),
+                            asyncio.create_task(self._generalist_worker(self._gen_large),
+                                                name="manyfold-generalist-large")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -261,62 +403,52 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self._carry = None
+        self.scheduler = _Scheduler(self.max_batch_size, self.max_batch_chars, self.max_part_chars)
         self._gen.clear()
+        self._gen_large.clear()
+        if self._large_executor is not None:
+            self._large_executor.shutdown(wait=False, cancel_futures=True)
+            self._large_executor = None
         self.admission.fail_all(QueueFullError("the server is shutting down"))  # nobody will answer these: say so
 
     def submit(self, items: list[Any], escalate: bool = True, *, route: bool = False) -> asyncio.Future:
         """Admit one request; its future resolves to ``(results, queue_seconds, snap)``. Raises QueueFullError."""
         self._ensure_started()
         job = _Job(list(items), escalate, asyncio.get_running_loop().create_future(), route=route, work=work_of(items),
-                   parts=_parts(items, self.max_batch_size, self.max_batch_chars), results=[None] * len(items))
+                   parts=_parts(items, self.max_batch_size, self.max_part_chars), results=[None] * len(items))
         self.admission.admit(job)
-        self.queue.put_nowait(job)
-        self.metrics.queue_depth.set(self.queue.qsize())
+        self.scheduler.add(job)
+        assert self._work_event is not None
+        self._work_event.set()
+        self.metrics.queue_depth.set(len(self.scheduler))
         return job.future
 
     # -- the small stage (and routing) -----------------------------------------------------------
-    async def _next(self, timeout: float | None) -> _Job | None:
-        """The next waiting request whose caller is still there (those that have gone are dropped here)."""
-        while True:
-            if self._carry is not None:
-                job, self._carry = self._carry, None
-            elif timeout is None:
-                job = await self.queue.get()
-            elif not self.queue.empty():
-                job = self.queue.get_nowait()
-            elif timeout <= 0:
-                return None
-            else:
-                t0 = time.perf_counter()
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    return None
-                timeout -= time.perf_counter() - t0
-            if not job.future.done():
-                return job
-
     async def _gather(self) -> tuple[list[_Job], Any]:
-        first = await self._next(None)
-        snap = first.snap if first.snap is not None else self.snapshot()
-        batch = [first]
-        n, chars = first.size()
-        deadline = time.perf_counter() + self.max_wait
-        while n < self.max_batch_size and chars < self.max_batch_chars:
-            job = await self._next(deadline - time.perf_counter())
-            if job is None:
+        """The next batch (see :class:`_Scheduler`) and the snapshot it runs on. A small batch that is not full
+        waits up to ``max_wait_ms`` for more requests to join."""
+        sched, event = self.scheduler, self._work_event
+        assert event is not None
+        while True:
+            kind = sched.next_kind()
+            if kind is None:
+                event.clear()
+                await event.wait()
+                continue
+            if kind == "small":
+                deadline = time.perf_counter() + self.max_wait
+                while not sched.small_batch_full() and (left := deadline - time.perf_counter()) > 0:
+                    event.clear()
+                    try:
+                        await asyncio.wait_for(event.wait(), left)
+                    except asyncio.TimeoutError:
+                        break
+            batch = sched.take()
+            if batch:
                 break
-            k, c = job.size()
-            if (job.route != first.route or (job.snap is not None and job.snap is not snap)
-                    or n + k > self.max_batch_size or chars + c > self.max_batch_chars):
-                self._carry = job  # it starts the next batch
-                break
-            batch.append(job)
-            n, chars = n + k, chars + c
-        self.metrics.queue_depth.set(self.queue.qsize())
+        first = batch[0]
+        snap = first.snap if first.snap is not None else self.snapshot()  # a large request's later parts: pinned
+        self.metrics.queue_depth.set(len(sched))
         return batch, snap
 
     async def _worker(self) -> None:
@@ -361,7 +493,7 @@ class MicroBatcher:
                 for k, p in self.escalations.split(j, a, part):
                     if self.generalist_stage:
                         j.remaining += 1
-                        self._gen.setdefault(j, deque()).append((k, p))
+                        (self._gen_large if j.large else self._gen).setdefault(j, deque()).append((k, p))
                     else:
                         inline.append((j, k, p))
             if inline:  # one stage: the generalist before any item of this batch is answered
@@ -375,61 +507,85 @@ class MicroBatcher:
                 for (j, k, _), r in zip(inline, done):
                     j.results[k] = r
             for j in live:
-                if j.future.done():
-                    continue
-                if j.parts:
-                    self.queue.put_nowait(j)  # its next part waits behind the requests that came meanwhile
-                elif j.remaining == 0:
-                    j.finish()
-            if self._gen and self._gen_event is not None:
-                self._gen_event.set()
-            self.metrics.queue_depth.set(self.queue.qsize())
-            self.metrics.generalist_queue_depth.set(sum(len(q) for q in self._gen.values()))
+                if not j.future.done() and not j.parts and j.remaining == 0:
+                    j.finish()  # (a large request with parts left is still in the scheduler's ring)
+            self._signal_generalist()
+            self.metrics.queue_depth.set(len(self.scheduler))
+            self.metrics.generalist_queue_depth.set(self._gen_waiting())
 
     # -- the generalist stage ----------------------------------------------------------------------
-    def _take_escalated(self) -> list[tuple[_Job, int, Pending]]:
-        """Round robin over the requests with escalated items waiting: one item of each in turn, up to
-        ``max_batch_size`` items and ``max_generalist_batch_chars`` characters; requests whose caller has gone are
-        dropped."""
+    def _gen_waiting(self) -> int:
+        return sum(len(q) for q in self._gen.values()) + sum(len(q) for q in self._gen_large.values())
+
+    def _signal_generalist(self) -> None:
+        for ring in (self._gen, self._gen_large):
+            if ring and id(ring) in self._gen_events:
+                self._gen_events[id(ring)].set()
+
+    def _round_robin(self, ring: dict[_Job, deque[tuple[int, Pending]]]) -> list[tuple[_Job, int, Pending]]:
+        """Round robin over the requests with escalated items waiting in ``ring``: one item of each in turn, up to
+        ``max_batch_size`` items and ``max_generalist_batch_chars`` characters (an item alone may be more)."""
         taken: list[tuple[_Job, int, Pending]] = []
         chars = 0
-        while self._gen and len(taken) < self.max_batch_size:
-            progressed = False
-            for job in list(self._gen):
-                if job.future.done():  # the caller gave up: skip, and stop counting it
-                    del self._gen[job]
-                    continue
-                q = self._gen[job]
+        while ring and len(taken) < self.max_batch_size:
+            for job in list(ring):
+                q = ring[job]
                 c = _chars(q[0][1].item)
                 if taken and chars + c > self.max_gen_chars:
                     return taken
                 k, p = q.popleft()
                 taken.append((job, k, p))
                 chars += c
-                progressed = True
-                del self._gen[job]
+                del ring[job]
                 if q:
-                    self._gen[job] = q  # to the back: the others go first next time
+                    ring[job] = q  # to the back: the others go first next time
                 if len(taken) >= self.max_batch_size:
                     break
-            if not progressed:
-                break
         return taken
 
-    async def _generalist_worker(self) -> None:
-        """Escalated items, gathered round robin across requests, go to the generalist in one call."""
-        assert self.run_generalist is not None and self._gen_event is not None
-        event = self._gen_event
+    def _lower_priority(self) -> None:
+        """Run in the thread of the large requests' generalist calls: add ``large_generalist_nice`` to its
+        niceness (Linux: per thread; the compute threads it starts inherit it), so that the OS gives it the cores
+        the small requests leave idle. Where that cannot be done the thread keeps the normal priority: logged,
+        and the ``manyfold_large_generalist_nice`` gauge stays 0."""
+        nice = self.large_generalist_nice
+        if nice <= 0:
+            return
+        if not sys.platform.startswith("linux"):
+            log.warning("large_generalist_nice=%d is not applied on %s (Linux only): large requests' generalist "
+                        "calls run at the normal priority", nice, sys.platform)
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+            self.metrics.large_generalist_nice.set(os.getpriority(os.PRIO_PROCESS, tid))
+        except OSError as exc:
+            log.warning("could not lower the priority of large requests' generalist calls (%s): they run at the "
+                        "normal priority", exc)
+
+    async def _generalist_worker(self, ring: dict[_Job, deque[tuple[int, Pending]]]) -> None:
+        """The escalated items waiting in ``ring``, gathered round robin across requests, go to the generalist in
+        one call at a time. Two of these run: one for the small requests' items, one for the large requests'
+        (see the module docstring)."""
+        assert self.run_generalist is not None
+        event = self._gen_events[id(ring)]
         while True:
             await event.wait()
-            entries = self._take_escalated()
-            if not self._gen:
+            for job in [j for j in ring if j.future.done()]:  # the caller has gone: skip, and stop counting it
+                del ring[job]
+            entries = self._round_robin(ring)
+            if not ring:
                 event.clear()
-            self.metrics.generalist_queue_depth.set(sum(len(q) for q in self._gen.values()))
+            self.metrics.generalist_queue_depth.set(self._gen_waiting())
             if not entries:
                 continue
             try:
-                results = await asyncio.to_thread(self.run_generalist, [e[2] for e in entries])
+                pending = [e[2] for e in entries]
+                if ring is self._gen_large and self._large_executor is not None:  # its own, lower-priority thread
+                    results = await asyncio.get_running_loop().run_in_executor(self._large_executor,
+                                                                               self.run_generalist, pending)
+                else:
+                    results = await asyncio.to_thread(self.run_generalist, pending)
             except Exception as exc:  # run_generalist returns per-item errors; this is a bug: fail loudly
                 log.exception("a generalist batch of %d items failed", len(entries))
                 _fail([e[0] for e in entries], exc)
@@ -439,7 +595,6 @@ class MicroBatcher:
                 job.remaining -= 1
                 if job.remaining == 0 and not job.parts:
                     job.finish()
-
 
 def _fail(jobs: Sequence[_Job], exc: BaseException) -> None:
     for j in jobs:
@@ -455,7 +610,8 @@ class DirectRunner:
                  max_batch_chars: int | None = None, max_generalist_batch_chars: int | None = None,
                  max_queued_chars: int | None = None, run_generalist: RunGeneralist | None = None,
                  max_escalated_chars: int | None = None,
-                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None) -> None:
+                 skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None,
+                 max_part_chars: int | None = None) -> None:
         self.run_batch = run_batch
         self.run_generalist = run_generalist
         self.escalations = _Escalations(metrics, max_escalated_chars, skip_generalist)
@@ -464,6 +620,7 @@ class DirectRunner:
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_chars = max_batch_chars if max_batch_chars is not None else 1 << 62
+        self.max_part_chars = max_part_chars if max_part_chars is not None else self.max_batch_chars
         self.admission = _Admission(metrics, max_queue, max_queued_chars)
         self._tasks: set[asyncio.Future] = set()
 
@@ -476,7 +633,7 @@ class DirectRunner:
     def submit(self, items: list[Any], escalate: bool = True, *, route: bool = False) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         job = _Job(list(items), escalate, loop.create_future(), route=route, work=work_of(items),
-                   parts=_parts(items, self.max_batch_size, self.max_batch_chars), results=[None] * len(items))
+                   parts=_parts(items, self.max_batch_size, self.max_part_chars), results=[None] * len(items))
         self.admission.admit(job)
         self.metrics.queue_depth.set(len(self.admission.jobs))
 

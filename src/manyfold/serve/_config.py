@@ -42,13 +42,22 @@ class ServeConfig:
       unanswered requests together (a new request that would pass it gets 503 +
       ``Retry-After``; requests that run in parts may hold half of it, the
       rest is kept for small requests); ``max_batch_chars``: the most characters
-      in one encoder batch: a larger request runs in parts, each part going
-      behind the requests that arrived meanwhile; ``max_generalist_batch_chars``:
-      the most characters in one generalist call (escalated items are gathered
-      round robin across requests); ``max_escalated_chars``: the characters of
+      in one encoder batch; ``max_part_chars``: a request over this many
+      characters (or ``max_batch_size`` items) is *large* and runs in parts of at
+      most this many (an item is never cut), each in a batch of its own: small
+      requests go first, the large ones take turns (deficit round robin over
+      characters) and get at least every second batch, so a small request waits
+      for at most one part of a large one (at most ``max_batch_chars``);
+      ``max_generalist_batch_chars``: the most characters in one generalist call
+      (escalated items are gathered round robin across requests, a large
+      request's apart); ``max_escalated_chars``: the characters of
       one request's items that may go to the generalist (its first escalated
       item always may); its other escalated items keep the experts' answer,
-      flagged ``degraded`` (reason ``escalation_budget: ...``).
+      flagged ``degraded`` (reason ``escalation_budget: ...``);
+      ``large_generalist_nice``: large requests' escalated items go to the
+      generalist in a thread of their own whose niceness is raised by this much
+      (Linux; 0: the normal priority), so their long texts take the cores small
+      requests leave idle instead of sharing them evenly.
     - Slow clients: ``header_timeout_s`` (a request's headers must have arrived
       this long after its first byte, or after the connection opened; the
       connection is closed), ``body_timeout_s`` (the whole body, from the end
@@ -105,8 +114,10 @@ class ServeConfig:
     max_request_chars: int = 16_384
     max_queued_chars: int = 65_536
     max_batch_chars: int = 4_096
+    max_part_chars: int = 1_024
     max_generalist_batch_chars: int = 1_024
     max_escalated_chars: int = 2_048
+    large_generalist_nice: int = 10
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 2048
@@ -129,7 +140,7 @@ class ServeConfig:
             raise ConfigError(f"ServeConfig.assembly must be a registry name or an Assembly, got {type(self.assembly).__name__}")
         for f in ("max_batch_size", "max_queue", "max_items_per_request", "max_body_bytes", "max_image_bytes",
                   "max_image_pixels", "max_request_pixels", "max_images_per_request", "max_image_body_bytes",
-                  "max_request_chars", "max_queued_chars", "max_batch_chars", "max_generalist_batch_chars", "max_escalated_chars",
+                  "max_request_chars", "max_queued_chars", "max_batch_chars", "max_part_chars", "max_generalist_batch_chars", "max_escalated_chars",
                   "max_connections",
                   "request_log_max_bytes"):
             v = getattr(self, f)
@@ -142,6 +153,13 @@ class ServeConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (f != "max_wait_ms" and v == 0):
                 raise ConfigError(f"ServeConfig.{f} must be a positive number, got {v!r}")
+        if not isinstance(self.large_generalist_nice, int) or isinstance(self.large_generalist_nice, bool) \
+                or not 0 <= self.large_generalist_nice <= 19:
+            raise ConfigError("ServeConfig.large_generalist_nice must be an integer from 0 (the normal priority) "
+                              f"to 19, got {self.large_generalist_nice!r}")
+        if self.max_part_chars > self.max_batch_chars:
+            raise ConfigError(f"ServeConfig.max_part_chars ({self.max_part_chars:,}) must be at most max_batch_chars "
+                              f"({self.max_batch_chars:,}): a part of a large request runs in one batch")
         if self.max_request_chars > self.max_queued_chars // 2:
             raise ConfigError(f"ServeConfig.max_request_chars ({self.max_request_chars:,}) must be at most half of "
                               f"max_queued_chars ({self.max_queued_chars:,}): large requests may hold half of the "

@@ -1,0 +1,237 @@
+"""Issue 14, must-show 2: the batcher's scheduler. Small requests go first, large ones run in parts of their own and
+take turns by deficit round robin over characters; none starves; work of callers that have gone is dropped.
+
+Known answers on the scheduler alone (no model, no clock), then on ``MicroBatcher`` with recording stand-ins for
+the encoder and the generalist."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from concurrent.futures import Future
+
+import pytest
+
+from manyfold.serve._batching import MicroBatcher, _Job, _parts, _Scheduler
+from manyfold.serve._engine import Pending
+from manyfold.serve._metrics import ServeMetrics
+
+pytest.importorskip("prometheus_client")
+
+
+def _job(name: str, sizes: list[int], part_chars: int, max_items: int = 64, route: bool = False) -> _Job:
+    """A request of items ``name0``, ``name1``, ... padded to ``sizes`` characters, cut into parts as the batcher does."""
+    items = [f"{name}{i}".ljust(n, ".") for i, n in enumerate(sizes)]
+    return _Job(items, True, Future(), route=route, parts=_parts(items, max_items, part_chars))
+
+
+def _names(batch: list[_Job]) -> list[str]:
+    """The items of a batch (each request's next part), without the padding."""
+    return [it.rstrip(".") for j in batch for it in j.items[slice(*j.parts[0])]]
+
+
+def _run(sched: _Scheduler) -> list[str]:
+    """Take the next batch and run it (each request's part done), as the batcher's worker does."""
+    batch = sched.take()
+    out = _names(batch)
+    for j in batch:
+        j.parts.popleft()
+    return out
+
+
+def test_small_requests_go_first_and_a_large_part_runs_alone():
+    s = _Scheduler(max_items=64, max_chars=100, quantum=40)
+    big = _job("L", [20] * 6, 40)  # three parts of two items
+    assert len(big.parts) == 3
+    for j in (big, _job("a", [20], 40), _job("b", [20], 40)):
+        s.add(j)
+    assert _run(s) == ["a0", "b0"]  # the small ones first, together, though the large one came first
+    assert _run(s) == ["L0", "L1"]  # owed: a large one waited while that batch ran
+    s.add(_job("c", [20], 40))  # arrives while the large request's part runs
+    assert _run(s) == ["c0"]  # before the large request's next part
+    assert _run(s) == ["L2", "L3"]
+    assert _run(s) == ["L4", "L5"]
+    assert _run(s) == [] and len(s) == 0 and s.next_kind() is None
+
+
+def test_a_small_request_waits_for_at_most_one_part_of_the_large_ones():
+    s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
+    for name in "LMN":  # three large requests admitted
+        s.add(_job(name, [20] * 4, 40))
+    s.add(_job("a", [20], 40))
+    assert _run(s) == ["a0"]
+    s.add(_job("b", [20], 40))  # comes while the small batch runs: one large part, then it
+    assert _run(s) == ["L0", "L1"]
+    assert _run(s) == ["b0"]
+    assert _run(s) == ["M0", "M1"]  # nothing small waits: the large ones in turn
+    assert _run(s) == ["N0", "N1"]
+    s.add(_job("c", [20], 40))
+    assert _run(s) == ["c0"]
+
+
+def test_no_large_request_starves_behind_a_stream_of_small_ones():
+    s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
+    s.add(_job("L", [20] * 6, 40))
+    order = []
+    for i in range(8):
+        s.add(_job(f"s{i}-", [20], 40))  # a small request always waits
+        order.append(_run(s))
+    assert order == [["s0-0"], ["L0", "L1"], ["s1-0", "s2-0"], ["L2", "L3"], ["s3-0", "s4-0"], ["L4", "L5"],
+                     ["s5-0", "s6-0"], ["s7-0"]]
+
+
+def test_large_requests_share_the_encoder_by_characters():
+    s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
+    s.add(_job("A", [40] * 3, 40))  # parts of one 40-character item
+    s.add(_job("B", [10] * 12, 40, max_items=2))  # parts of two 10-character items: 20 characters
+    got = [_run(s) for _ in range(9)]
+    # each turn is worth 40 characters: B runs two parts for each of A's
+    assert got == [["A0"], ["B0", "B1"], ["B2", "B3"], ["A1"], ["B4", "B5"], ["B6", "B7"], ["A2"], ["B8", "B9"],
+                   ["B10", "B11"]]
+
+
+def test_an_item_longer_than_a_turn_waits_for_its_credit():
+    s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
+    s.add(_job("C", [100, 100], 40))  # parts of one 100-character item: two and a half turns of credit each
+    s.add(_job("A", [40] * 4, 40))
+    got = [_run(s) for _ in range(6)]
+    assert got == [["A0"], ["A1"], ["C0"], ["A2"], ["A3"], ["C1"]]  # C: 40, 80, 120 -> runs (20 kept); 60, 100 -> runs
+
+
+def test_small_batches_keep_route_and_predict_apart_and_respect_the_limits():
+    s = _Scheduler(max_items=3, max_chars=1000, quantum=1000)
+    s.add(_job("p", [10, 10], 1000))
+    s.add(_job("q", [10], 1000))
+    s.add(_job("r", [10], 1000, route=True))
+    s.add(_job("t", [10], 1000))
+    assert _run(s) == ["p0", "p1", "q0"]  # three items: full
+    assert _run(s) == ["r0"]  # a route request: a batch of its own
+    assert _run(s) == ["t0"]
+    s2 = _Scheduler(max_items=64, max_chars=25, quantum=25)
+    for name in "abc":
+        s2.add(_job(name, [10], 25))
+    assert s2.small_batch_full()  # two fit, the third would pass 25 characters
+    assert _run(s2) == ["a0", "b0"] and not s2.small_batch_full() and _run(s2) == ["c0"]
+
+
+def test_requests_whose_caller_has_gone_are_dropped():
+    s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
+    big, other = _job("L", [20] * 6, 40), _job("M", [20] * 4, 40)
+    gone, kept = _job("g", [20], 40), _job("k", [20], 40)
+    for j in (big, other, gone, kept):
+        s.add(j)
+    gone.future.cancel()  # timed out or disconnected before its batch
+    assert _run(s) == ["k0"]
+    assert _run(s) == ["L0", "L1"]
+    big.future.cancel()  # gone after its first part: its other parts never run
+    assert [_run(s) for _ in range(3)] == [["M0", "M1"], ["M2", "M3"], []]
+    assert len(s) == 0
+
+
+# -- on the batcher ----------------------------------------------------------------------------------------------
+
+
+def _recording_batcher(calls: list[list[str]], gen_calls: list[list[str]] | None = None,
+                       gen_gate: threading.Event | None = None, **kw) -> MicroBatcher:
+    """A batcher whose encoder stand-in records each batch; items starting with "esc" escalate to a generalist
+    stand-in that records each call (the first waits for ``gen_gate``)."""
+
+    def run_batch(items, flags, defer=False, snap=None):
+        calls.append([i.rstrip(".") for i in items])
+        return [Pending(None, None, 0, i, {}) if defer and i.startswith("esc") else i.upper() for i in items]
+
+    def run_generalist(pending):
+        gen_calls.append([p.item.rstrip(".") for p in pending])
+        if gen_gate is not None and len(gen_calls) == 1:
+            assert gen_gate.wait(10), "the test never opened the gate"
+        return [p.item.upper() for p in pending]
+
+    return MicroBatcher(run_batch, ServeMetrics(), max_wait_ms=1, max_queue=64,
+                        run_generalist=run_generalist if gen_calls is not None else None, **kw)
+
+
+def test_the_batcher_runs_a_large_request_apart_from_the_small_ones_that_came_with_it():
+    calls: list[list[str]] = []
+    big = [f"L{i}".ljust(20, ".") for i in range(6)]
+
+    async def go():
+        b = _recording_batcher(calls, max_batch_size=64, max_batch_chars=40)  # parts of 40 characters
+        futs = [b.submit(big), b.submit(["a".ljust(20, ".")]), b.submit(["b".ljust(20, ".")])]
+        got = await asyncio.wait_for(asyncio.gather(*futs), 5)
+        await b.stop()
+        return got
+
+    got = asyncio.run(go())
+    assert calls == [["a", "b"], ["L0", "L1"], ["L2", "L3"], ["L4", "L5"]]  # never a large part with small texts
+    assert got[0][0] == [t.upper() for t in big]
+
+
+def test_a_large_requests_escalations_go_to_a_generalist_worker_of_their_own():
+    """A small request's escalation never waits behind a large request's (long texts, seconds of generalist each):
+    the two kinds are called apart, by two workers; here the small one is held and the large one goes on."""
+    calls: list[list[str]] = []
+    gen_calls: list[list[str]] = []
+    gate = threading.Event()
+    big = [f"esc-L{i}".ljust(10, ".") for i in range(4)]
+    small = [[f"esc-s{i}".ljust(10, ".")] for i in range(3)]
+
+    async def go():
+        b = _recording_batcher(calls, gen_calls, gate, max_batch_size=64, max_batch_chars=100, max_part_chars=20,
+                               max_generalist_batch_chars=20)
+        futs = [b.submit(big)] + [b.submit(s) for s in small]
+        for _ in range(500):  # the first generalist call (the small requests') holds; the rest goes on
+            if len(calls) == 3 and len(gen_calls) == 3:
+                break
+            await asyncio.sleep(0.01)
+        held = [list(c) for c in gen_calls]
+        gate.set()
+        got = await asyncio.wait_for(asyncio.gather(*futs), 5)
+        await b.stop()
+        return held, got
+
+    held, got = asyncio.run(go())
+    assert calls == [["esc-s0", "esc-s1", "esc-s2"], ["esc-L0", "esc-L1"], ["esc-L2", "esc-L3"]]
+    assert held == [["esc-s0", "esc-s1"], ["esc-L0", "esc-L1"], ["esc-L2", "esc-L3"]]  # not behind the held call
+    assert gen_calls == held + [["esc-s2"]]
+    assert got[0][0] == [t.upper() for t in big] and [g[0] for g in got[1:]] == [[t[0].upper()] for t in small]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_a_large_requests_generalist_calls_run_at_a_lower_priority():
+    calls: list[list[str]] = []
+    seen: dict[str, int] = {}
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def run_batch(items, flags, defer=False, snap=None):
+        calls.append(list(items))
+        return [Pending(None, None, 0, i, {}) for i in items]
+
+    def run_generalist(pending):
+        for p in pending:
+            seen[p.item[:5]] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return [p.item for p in pending]
+
+    async def go():
+        metrics = ServeMetrics()
+        b = MicroBatcher(run_batch, metrics, max_batch_size=64, max_wait_ms=1, max_queue=8, max_batch_chars=100,
+                         max_part_chars=20, run_generalist=run_generalist, large_generalist_nice=3)
+        await asyncio.wait_for(asyncio.gather(b.submit(["large-0".ljust(15), "large-1".ljust(15)]),
+                                              b.submit(["small"])), 5)
+        await b.stop()
+        return metrics
+
+    metrics = asyncio.run(go())
+    assert seen == {"large": min(19, base + 3), "small": base}
+    assert metrics.large_generalist_nice._value.get() == min(19, base + 3)
+
+
+def test_large_generalist_nice_and_max_part_chars_are_checked():
+    from manyfold import ConfigError
+    from manyfold.serve import ServeConfig
+
+    with pytest.raises(ConfigError, match="large_generalist_nice must be an integer from 0"):
+        ServeConfig(assembly="x", large_generalist_nice=20)
+    with pytest.raises(ConfigError, match=r"max_part_chars \(5,000\) must be at most max_batch_chars \(4,096\)"):
+        ServeConfig(assembly="x", max_part_chars=5000)
