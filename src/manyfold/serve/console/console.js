@@ -27,6 +27,10 @@
     var d = digits === undefined ? 3 : digits;
     return Math.abs(x) >= 100 ? x.toFixed(Math.min(d, 1)) : x.toFixed(d);
   }
+  // a quantity that is a fraction or a time: always with its decimals (JSON writes 1.0 as 1)
+  function fixed(x, digits) {
+    return (typeof x === "number" && isFinite(x)) ? x.toFixed(digits === undefined ? 3 : digits) : "\u2013";
+  }
   function pct(x) { return (x === null || x === undefined || !isFinite(x)) ? "\u2013" : (100 * x).toFixed(1) + "%"; }
   function setStatus(node, text, kind) {
     node.textContent = text;
@@ -99,7 +103,7 @@
       fill.style.width = Math.max(0, Math.min(100, 100 * r[1] / (max || 1))).toFixed(1) + "%";
       track.appendChild(fill);
       row.appendChild(track);
-      row.appendChild(el("span", "bar-value", r.length > 2 ? r[2] : fmt(r[1])));
+      row.appendChild(el("span", "bar-value", r.length > 2 ? r[2] : fixed(r[1])));
       node.appendChild(row);
     });
     if (!rows.length) node.appendChild(el("p", "muted", "none"));
@@ -138,11 +142,11 @@
     $("r-label").textContent = p.label;
     $("r-kind").textContent = p.out_of_scope ? "out of scope" : (p.escalated ? "generalist" : "experts");
     $("r-kind").className = "badge " + (p.out_of_scope ? "oos" : (p.escalated ? "esc" : "ok"));
-    $("r-confidence").textContent = fmt(p.confidence);
+    $("r-confidence").textContent = fixed(p.confidence);
     $("r-escalated").textContent = p.escalated ? "yes" : "no";
     $("r-reason").textContent = p.reason ? p.reason : (p.escalated ? "" : "the experts were sure enough") +
       (p.degraded ? " (degraded)" : "");
-    $("r-oos").textContent = fmt(p.oos_score);
+    $("r-oos").textContent = fixed(p.oos_score);
     $("r-version").textContent = version === null || version === undefined ? "\u2013" : String(version);
     var k = (state.info && state.info.top_k) || p.experts.length || 1;
     var scores = Object.keys(p.router_scores || {}).map(function (n) { return [n, p.router_scores[n]]; });
@@ -150,7 +154,7 @@
     bars($("r-experts"), scores.slice(0, Math.max(k, p.experts.length)), 1, p.experts);
     var t = p.timings_ms || {};
     var order = ["queue", "encode", "route", "experts", "generalist", "total"];
-    var rows = order.filter(function (s) { return s in t; }).map(function (s) { return [s, t[s], fmt(t[s], 2) + " ms"]; });
+    var rows = order.filter(function (s) { return s in t; }).map(function (s) { return [s, t[s], fixed(t[s], 2) + " ms"]; });
     var max = Math.max.apply(null, rows.map(function (r) { return r[1]; }).concat([1e-9]));
     bars($("r-times"), rows, max);
     $("r-input").textContent = shown;
@@ -342,7 +346,7 @@
       tr.appendChild(el("th", null, st));
       [0.5, 0.9, 0.99].forEach(function (q) {
         var v = quantile(h.le, h.counts, prior, q);
-        tr.appendChild(el("td", null, v === null ? "\u2013" : fmt(1e3 * v, 1)));
+        tr.appendChild(el("td", null, v === null ? "\u2013" : fixed(1e3 * v, 1)));
       });
       tr.appendChild(el("td", null, String(Math.round(n)) + (prior ? "" : " (since start)")));
       tb.appendChild(tr);
@@ -379,8 +383,6 @@
     line.setAttribute("class", "spark-line");
     svg.appendChild(line);
     node.appendChild(svg);
-    node.appendChild(el("figcaption", "muted small", "validation accuracy against the escalation budget (the share of " +
-      "items that may go to the generalist); dashed: the budget chosen"));
   }
 
   // -- admin ----------------------------------------------------------------------------------------
