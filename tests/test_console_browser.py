@@ -242,6 +242,7 @@ def test_live_rps_after_50_requests(page, server, toy, shots):
     waited = time.perf_counter() - t0
     assert waited <= 5.0
     assert float(page.text_content("#live-rps")) > 0
+    assert page.text_content("#live-p50").endswith(" ms")  # the window holds the 50 requests
     assert page.locator("#live-stages tbody tr").count() >= 4
     assert page.locator("#live-experts .bar-row").count() >= 1
     page.wait_for_timeout(2500)  # one more poll: the sparklines have two points

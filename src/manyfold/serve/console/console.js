@@ -9,7 +9,7 @@
   var HISTORY = 60;            // points kept for the sparklines
   var SVG = "http://www.w3.org/2000/svg";
 
-  var state = { info: null, experts: [], view: null, timer: null, snaps: [], series: { rps: [], queue: [], esc: [] } };
+  var state = { info: null, experts: [], view: null, timer: null, snaps: [], series: { rps: [], queue: [], esc: [], p50: [] } };
 
   // -- small DOM helpers (text only) ------------------------------------------------------------
   function $(id) { return document.getElementById(id); }
@@ -271,6 +271,7 @@
   // -- live traffic ----------------------------------------------------------------------------------
   function startPolling() {
     if (state.timer !== null) return;
+    state.snaps = [];  // a window never spans the time the view was closed
     $("poll-s").textContent = String(POLL_MS / 1000);
     $("window-s").textContent = String(WINDOW * POLL_MS / 1000);
     poll();
@@ -334,6 +335,7 @@
     $("live-esc").textContent = pct(escRate) + (windowed ? "" : " (since start)");
     // latency percentiles per stage over the window
     var tb = $("live-stages").querySelector("tbody");
+    var p50 = null;
     clear(tb);
     ["request", "queue", "encode", "route", "experts", "generalist", "batch_total"].forEach(function (st) {
       var h = now.stages[st];
@@ -350,10 +352,14 @@
       });
       tr.appendChild(el("td", null, String(Math.round(n)) + (prior ? "" : " (since start)")));
       tb.appendChild(tr);
+      if (st === "request") p50 = prior ? quantile(h.le, h.counts, prior, 0.5) : null;
     });
+    $("live-p50").textContent = p50 === null ? "\u2013" : fixed(1e3 * p50, 1) + " ms";
     push("rps", rps === null ? 0 : rps);
     push("queue", now.queue_depth);
     push("esc", escRate === null ? 0 : escRate);
+    push("p50", p50 === null ? 0 : 1e3 * p50);
+    spark($("spark-p50"), state.series.p50, "request p50 latency");
     spark($("spark-rps"), state.series.rps, "requests per second");
     spark($("spark-queue"), state.series.queue, "queue depth");
     spark($("spark-esc"), state.series.esc, "escalation rate");
