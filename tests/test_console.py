@@ -75,6 +75,8 @@ def test_page_and_files_served_with_types_and_csp(asm):
             assert r.headers["x-content-type-options"] == "nosniff"
             assert r.headers["x-frame-options"] == "DENY"
         assert c.get("/ui/other.js").status_code == 404
+        m = c.get("/metrics").text  # the console's files under one bounded endpoint label
+        assert 'manyfold_http_requests_total{endpoint="/ui",method="GET",status="200"} 6.0' in m
         # a host the server does not answer gets no console either (DNS rebinding)
         r = c.get("/ui", headers={"Host": "attacker.example"})
         assert r.status_code == 400 and r.json()["error"] == "invalid_host"
