@@ -825,13 +825,15 @@ def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
                                                            help="a Host header the server answers (repeat for more; "
                                                                 "*.example.com for subdomains, * for any); default: "
                                                                 "localhost, 127.0.0.1, ::1 and --host"),
+          console: bool = typer.Option(True, "--console/--no-console",
+                                       help="serve the web console at / and /ui (docs/serve.md, 'Web console')"),
           ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve (needs manyfold[ray])")) -> None:
-    """Serve a saved assembly over HTTP (FastAPI + uvicorn, or Ray Serve with --ray)."""
+    """Serve a saved assembly over HTTP (FastAPI + uvicorn, or Ray Serve with --ray); a web console at /."""
     from .serve import serve_main
 
     serve_main(name, host, port, None, ray=ray, threads=threads, request_log=request_log,
                request_log_max_bytes=request_log_max_bytes, request_log_backups=request_log_backups,
-               generalist_stage=generalist_stage, **({"allowed_hosts": tuple(allowed_host)} if allowed_host else {}))
+               generalist_stage=generalist_stage, console=console, **({"allowed_hosts": tuple(allowed_host)} if allowed_host else {}))
 
 
 @app.command("distill")

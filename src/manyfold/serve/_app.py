@@ -50,6 +50,7 @@ from ..routers import top_k
 from ._admin import BusyError, Controller, NoRegistryError
 from ._batching import DirectRunner, MicroBatcher, QueueFullError, work_of
 from ._config import ServeConfig
+from ._console import add_console
 from ._engine import Engine, PipelineError
 from ._hosts import HostCheck
 from ._images import TAKES_IMAGES, TAKES_TEXTS, ImageLimits, ImageRefused, ImageSource, check_count, decode_images, \
@@ -64,7 +65,8 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("manyfold.serve")
 
-_ROUTES = {"/v1/predict", "/v1/route", "/v1/experts", "/v1/admin/reload", "/healthz", "/readyz", "/metrics"}
+_ROUTES = {"/v1/predict", "/v1/route", "/v1/experts", "/v1/admin/reload", "/healthz", "/readyz", "/metrics",
+           "/v1/console/info", "/v1/console/stats"}
 _INFERENCE = ("/v1/predict", "/v1/route")
 _UPLOAD_FIELDS = ("file", "files")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -165,7 +167,18 @@ def _is_admin(scope: Any) -> bool:
 def _endpoint(path: str) -> str:
     if path in _ROUTES:
         return path
+    if path == "/" or path == "/ui" or path.startswith("/ui/"):
+        return "/ui"
     return "/v1/experts/{name}" if path.startswith("/v1/experts/") else "other"
+
+
+def _describe_generalist(gen: Any) -> str | None:
+    """The generalist's kind and encoder, for the console (nothing else: a remote one's settings hold a key)."""
+    if gen is None:
+        return None
+    enc = getattr(gen, "encoder", None)
+    enc = enc if isinstance(enc, str) else getattr(enc, "id", None)
+    return f"{type(gen).__name__} ({enc})" if enc else type(gen).__name__
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -632,4 +645,21 @@ def create_app(config: ServeConfig) -> FastAPI:
         data, ctype = metrics.exposition()
         return Response(data, media_type=ctype)
 
+    # -- the web console (GET / and /ui; docs/serve.md "Web console") ----------------------------
+    def console_info() -> dict[str, Any]:
+        """The served assembly as the console shows it, and what this server can do; never the token."""
+        out: dict[str, Any] = {"assembly": config.registry_name, "version": engine.version, "ready": engine.ready,
+                               "modality": modality(), "reload": ctl.state,
+                               "admin": {"token_configured": token is not None,
+                                         "registry": config.registry_name is not None}}
+        if engine.ready:
+            asm = engine.asm
+            out.update(top_k=asm.config.top_k, oos_label=asm.config.oos_label, max_chars=asm.config.max_chars,
+                       experts=list(asm.expert_names), labels=len(asm.labels_), calibration=asm.calibration_,
+                       thresholds=dict(asm.policy_.thresholds_), encoder=str(getattr(asm.encoder, "id", "")),
+                       generalist=_describe_generalist(asm.generalist))
+        return out
+
+    if config.console:
+        add_console(app, info=console_info, stats=metrics.snapshot)
     return app

@@ -93,6 +93,8 @@ class ServeConfig:
       sent an API key) or whose encoder is not built in (default ``None``:
       ``$MANYFOLD_TRUST_REMOTE``); without it such a version is refused (403 on
       reload).
+    - ``console``: serve the web console at ``/`` and ``/ui`` (and the JSON it reads,
+      ``/v1/console/info`` and ``/v1/console/stats``); off, those paths are 404.
     """
 
     assembly: Any
@@ -132,6 +134,7 @@ class ServeConfig:
     request_log_backups: int = 4
     allowed_hosts: tuple[str, ...] = ()
     trust_remote: bool | None = None
+    console: bool = True
 
     def __post_init__(self) -> None:
         if self.assembly is None or (isinstance(self.assembly, str) and not self.assembly):
@@ -172,6 +175,8 @@ class ServeConfig:
             raise ConfigError("ServeConfig.allowed_hosts must be a tuple of host names (e.g. ('api.example.com', "
                               f"'*.example.com'), or ('*',) for any), got {hosts!r}")
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in hosts))
+        if not isinstance(self.console, bool):
+            raise ConfigError(f"ServeConfig.console must be True or False, got {self.console!r}")
         if self.trust_remote is not None and not isinstance(self.trust_remote, bool):
             raise ConfigError(f"ServeConfig.trust_remote must be True, False or None, got {self.trust_remote!r}")
 

@@ -240,6 +240,9 @@ class Engine:
         m.observe_stages({k: v for k, v in out.times.items() if k != "generalist" or v > 0})
         m.items.inc(len(out.final))
         names = asm.router.experts_
+        top, n = np.unique(out.expert_idx[:, 0], return_counts=True)
+        for j, c in zip(top.tolist(), n.tolist()):
+            m.expert_items.labels(str(names[j])).inc(c)
         for i in np.nonzero(out.escalated)[0].tolist():
             reason = str(out.reason[i] or "")
             reason = "generalist_failed" if reason.startswith("generalist_failed") else reason

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .._exceptions import missing_dependency
 
-__all__ = ["ServeMetrics"]
+__all__ = ["ServeMetrics", "INFERENCE_ENDPOINTS"]
 
-_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: latency buckets (seconds): fine enough for the console's percentiles per stage (about 25-50% apart up to 1 s)
+_LATENCY = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+            0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+#: the endpoints whose requests the console counts as traffic
+INFERENCE_ENDPOINTS = ("/v1/predict", "/v1/route")
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def _total(metric: Any) -> float:
+    """The value of an unlabelled counter (its ``_total`` sample) or gauge."""
+    fam = metric.collect()[0]
+    return sum(s.value for s in fam.samples if s.name in (fam.name, fam.name + "_total"))
 
 
 class ServeMetrics:
@@ -21,6 +32,7 @@ class ServeMetrics:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise missing_dependency("prometheus_client", "serve", "manyfold serve's /metrics") from exc
         self._pc = pc
+        self._started = time.monotonic()
         self.registry = pc.CollectorRegistry()
         r = self.registry
         self.requests = pc.Counter("manyfold_http_requests", "HTTP requests by endpoint and status code",
@@ -46,6 +58,8 @@ class ServeMetrics:
         self.items = pc.Counter("manyfold_items", "items answered", registry=r)
         self.escalations = pc.Counter("manyfold_escalations", "items escalated to the generalist, by top expert and reason",
                                       ["expert", "reason"], registry=r)
+        self.expert_items = pc.Counter("manyfold_expert_items", "items answered, by the expert the router ranked first",
+                                       ["expert"], registry=r)
         self.expert_failures = pc.Counter("manyfold_expert_failures", "batches in which an expert raised", ["expert"],
                                           registry=r)
         self.expert_fallback_items = pc.Counter("manyfold_expert_fallback_items",
@@ -73,3 +87,42 @@ class ServeMetrics:
     def observe_stages(self, times: dict[str, Any]) -> None:
         for stage, seconds in times.items():
             self.stage_latency.labels(stage).observe(float(seconds))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters the web console's live view differentiates (plain JSON; cumulative since start).
+
+        ``time`` (Unix seconds) and ``uptime_s``; ``requests``: inference requests (``/v1/predict`` and
+        ``/v1/route``) by status code; ``items``; ``experts``: per expert (top-ranked), ``items`` and
+        ``escalated``; ``stages``: per stage (and ``request``: ``/v1/predict`` end to end), the latency histogram's upper bounds ``le`` (seconds; the last is
+        ``+Inf``, written as None), cumulative ``counts``, ``sum`` and ``count``; the gauges ``queue_depth``,
+        ``generalist_queue_depth``, ``in_flight``; ``rejected`` by reason.
+        """
+        requests: dict[str, float] = {}
+        for s in self.requests.collect()[0].samples:
+            if s.name.endswith("_total") and s.labels.get("endpoint") in INFERENCE_ENDPOINTS:
+                code = s.labels["status"]
+                requests[code] = requests.get(code, 0.0) + s.value
+        experts: dict[str, dict[str, float]] = {}
+        for metric, key in ((self.expert_items, "items"), (self.escalations, "escalated")):
+            for s in metric.collect()[0].samples:
+                if s.name.endswith("_total"):
+                    e = experts.setdefault(s.labels["expert"], {"items": 0.0, "escalated": 0.0})
+                    e[key] += s.value
+        stages: dict[str, dict[str, Any]] = {}
+        http = [s for s in self.request_latency.collect()[0].samples if s.labels.get("endpoint") == "/v1/predict"]
+        for s in [*http, *self.stage_latency.collect()[0].samples]:
+            name = s.labels.get("stage", "request")  # "request": /v1/predict end to end, as the server saw it
+            st = stages.setdefault(name, {"le": [], "counts": [], "sum": 0.0, "count": 0.0})
+            if s.name.endswith("_bucket"):
+                le = float(s.labels["le"])
+                st["le"].append(None if le == float("inf") else le)
+                st["counts"].append(s.value)
+            elif s.name.endswith("_sum"):
+                st["sum"] = s.value
+            elif s.name.endswith("_count"):
+                st["count"] = s.value
+        rejected = {s.labels["reason"]: s.value for s in self.rejected.collect()[0].samples if s.name.endswith("_total")}
+        return {"time": time.time(), "uptime_s": round(time.monotonic() - self._started, 3), "requests": requests,
+                "items": _total(self.items), "experts": experts, "stages": stages,
+                "queue_depth": _total(self.queue_depth), "generalist_queue_depth": _total(self.generalist_queue_depth),
+                "in_flight": _total(self.in_flight), "rejected": rejected}
