@@ -37,16 +37,16 @@ def _hashing(texts, dim, ngram, char, seed):
     return m.astype(np.float32)
 
 
-def _ranks(f, q):
-    """Column j of f as logit((position on the quantile grid q[:, j] + 0.5) / len(q)); mid-rank on ties."""
-    n, out = len(q), np.empty(f.shape, np.float32)
+def _ranks(f, q, known):
+    """Column j of f as the logit of its rank among the known items whose quantiles are q[:, j]; mid-rank on ties."""
+    n, m, out = len(q), min(known, len(q)), np.empty(f.shape, np.float32)
     for j in range(f.shape[1]):
         qj, x = q[:, j], f[:, j].astype(np.float64)
         lo, hi = np.searchsorted(qj, x, "left"), np.searchsorted(qj, x, "right")
         i = np.clip(lo, 1, n - 1)
         gap = qj[i] - qj[i - 1]
         pos = np.where(hi > lo + 1, (lo + hi - 1) / 2.0, np.clip(i - 1 + np.where(gap > 0, (x - qj[i - 1]) / np.where(gap > 0, gap, 1.0), 0.5), 0, n - 1))
-        u = (np.where(x < qj[0], 0.0, np.where(x > qj[-1], n - 1.0, pos)) + 0.5) / n
+        u = (np.where(x < qj[0], 0.0, np.where(x > qj[-1], n - 1.0, pos)) / (n - 1) * (m - 1) + 0.5) / m
         out[:, j] = np.log(u / (1.0 - u))
     return out
 
@@ -98,7 +98,7 @@ class EdgeModel:
         near = [] if self.prototypes is None else [(u @ self.prototypes.T).max(1)]  # nearest prototype's cosine
         f = np.stack(cols + near, 1).astype(np.float32)
         if self.quantiles is not None:  # each signal as the logit of its rank among the known items
-            f = _ranks(f, self.quantiles)
+            f = _ranks(f, self.quantiles, self.m["oos"]["signal_known_items"])
         return x, p, self.oos.run(None, {"x": f})[0]
 
     def predict(self, texts):

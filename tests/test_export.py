@@ -83,7 +83,9 @@ def test_assembly_calibrated_without_out_of_scope_items_exports_its_prototypes(t
     ds = manyfold.Dataset("tiny-no-oos", {s: manyfold.Split([t for t, k in zip(tiny_ds.split(s).items, keep[s]) if k],
                                                           np.asarray(tiny_ds.split(s).labels)[keep[s]])
                                           for s in tiny_ds.split_names}, tiny_ds.label_to_domain, None)
-    asm = manyfold.assemble(ds, encoder="hashing:dim=256", generalist=None, cache=False)
+    # ranked signals asked for: "auto" would read this small set's signals raw (too few known items to rank among)
+    asm = manyfold.assemble(ds, encoder="hashing:dim=256", generalist=None, cache=False,
+                            config=manyfold.AssemblyConfig(oos_signal_scaling="known_rank"))
     assert asm.policy_.oos_method_ == "held_out_labels" and asm.policy_.prototypes_ is not None
     folder = export_assembly(asm, tmp_path / "edge")
     meta = json.loads((folder / "assembly.json").read_text())
@@ -91,6 +93,7 @@ def test_assembly_calibrated_without_out_of_scope_items_exports_its_prototypes(t
     np.testing.assert_array_equal(np.load(folder / "prototypes.npy"), asm.policy_.prototypes_)
     # the policy ranks its signals among the known items (held-out labels): the runner ranks them the same way
     assert meta["oos"]["signal_quantiles"] == "signal_quantiles.npy"
+    assert meta["oos"]["signal_known_items"] == asm.policy_.signal_known_items_ > 0
     np.testing.assert_array_equal(np.load(folder / "signal_quantiles.npy"), asm.policy_.signal_quantiles_)
     texts = list(tiny_ds.split("test").items)[::5][:200]  # out-of-scope items among them: unknowns to this assembly
     _parity(asm, folder, texts)

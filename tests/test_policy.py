@@ -220,6 +220,11 @@ def test_rank_signals_known_answers():
     np.testing.assert_allclose(u[1], [0.5 / 101, 0.5 / 101], atol=1e-6)  # below every known item: the grid's end
     np.testing.assert_allclose(u[2], [100.5 / 101, 100.5 / 101], atol=1e-6)
     assert u[3, 0] == pytest.approx(51.0 / 101, abs=1e-6)  # between two grid points: linear
+    # the same grid drawn from 11 known items: tails no longer than 11 items support (the k-th of 11: (k + 0.5) / 11)
+    z = rank_signals(np.array([[-7.0, 3.0], [50.0, 2.0]]), q, n_known=11)
+    u = 1 / (1 + np.exp(-z.astype(np.float64)))
+    np.testing.assert_allclose(u[:, 0], [0.5 / 11, 0.5], atol=1e-6)
+    np.testing.assert_allclose(u[:, 1], [0.5, 0.5 / 11], atol=1e-6)
     with pytest.raises(ConfigError, match=r"signals of shape \(1, 3\) do not match rank quantiles of shape \(101, 2\)"):
         rank_signals(np.zeros((1, 3)), q)
     with pytest.raises(ConfigError, match="valid choices: auto, none, known_rank"):
@@ -278,11 +283,13 @@ def test_ranked_signals_carry_over_from_unlike_proxies_raw_ones_do_not():
     # and the known items keep the false out-of-scope rate the thresholds were set for
     known = ranked.decide(pool.proba, pool.X, pool.router_proba, escalate=False)["is_oos"].mean()
     assert known <= ranked.target_false_oos_rate + 0.01
-    # simulated unknowns without their folds cannot be ranked: said, not guessed
+    # simulated unknowns without their folds cannot be ranked: said when asked for, raw signals under "auto"
     from manyfold._policy import SimulatedUnknowns
 
+    no_folds = SimulatedUnknowns(F1=sim.F1, is_unknown=sim.is_unknown, n_folds=3)
     with pytest.raises(ConfigError, match="no fold of each row"):
-        EscalationPolicy().fit(_centroids(), pool, SimulatedUnknowns(F1=sim.F1, is_unknown=sim.is_unknown, n_folds=3))
+        EscalationPolicy(signal_scaling="known_rank").fit(_centroids(), pool, no_folds)
+    assert EscalationPolicy().fit(_centroids(), pool, no_folds).signal_scaling_ == "none"
 
 
 def test_signal_quantiles_survive_the_state_and_old_states_read_raw_signals():
@@ -291,6 +298,7 @@ def test_signal_quantiles_survive_the_state_and_old_states_read_raw_signals():
     cfg, arrays = pol.to_state()
     back = EscalationPolicy.from_state(json.loads(json.dumps(cfg)), arrays)
     np.testing.assert_array_equal(back.signal_quantiles_, pol.signal_quantiles_)
+    assert back.signal_known_items_ == pol.signal_known_items_ == 600
     X = np.zeros((len(unknown), 8), np.float32)
     router = np.full((len(unknown), 2), 0.5, np.float32)
     np.testing.assert_allclose(back.decide(unknown, X, router, escalate=False)["oos_score"],
@@ -303,6 +311,21 @@ def test_signal_quantiles_survive_the_state_and_old_states_read_raw_signals():
     assert back.signal_quantiles_ is None and back.signal_scaling_ == "none"
     np.testing.assert_allclose(back.decide(unknown, X, router, escalate=False)["oos_score"],
                                old.decide(unknown, X, router, escalate=False)["oos_score"])
+
+
+def test_auto_ranks_only_among_enough_known_items():
+    from manyfold._policy import MIN_RANK_ITEMS
+
+    pool, sim, _ = _unlike_proxies(n=MIN_RANK_ITEMS - 1)  # each fold's and the pool's known items: one too few
+    pol = EscalationPolicy().fit(_centroids(), pool, sim)
+    assert pol.signal_scaling_ == "none" and pol.signal_quantiles_ is None
+    assert EscalationPolicy(signal_scaling="known_rank").fit(_centroids(), pool, sim).signal_known_items_ == MIN_RANK_ITEMS - 1
+    pool, sim, _ = _unlike_proxies(n=MIN_RANK_ITEMS)
+    pol = EscalationPolicy().fit(_centroids(), pool, sim)
+    assert pol.signal_scaling_ == "known_rank" and pol.signal_known_items_ == MIN_RANK_ITEMS
+    # a toy assembly (54 validation items): raw signals, as before ranks existed
+    asm = manyfold.assemble(toy_dataset(oos=None), encoder=ENC, generalist=None, cache=False)
+    assert asm.policy_.oos_method_ == "held_out_labels" and asm.policy_.signal_scaling_ == "none"
 
 
 def test_with_examples_the_signals_stay_raw_by_default():

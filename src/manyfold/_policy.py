@@ -28,9 +28,12 @@ items (the logit of that empirical CDF, mid-rank for ties): a proxy's signals
 against its own fold's known items, the assembly's against its in-scope
 validation items. What the detector learns is then "how unusual is this for a
 known item of this model", which holds for either model. ``"none"`` reads the
-raw signals; ``"auto"`` (default) ranks with held-out-label calibration and
-reads raw signals with out-of-scope examples (where the detector learns from
-the real assembly's own signals and there is nothing to carry over).
+raw signals; ``"auto"`` (default) ranks with held-out-label calibration when
+the in-scope validation items and every fold's known items number at least
+:data:`MIN_RANK_ITEMS` (a rank among a dozen items has no tails: a new known
+item falls outside their range too often), and reads raw signals otherwise and
+with out-of-scope examples (where the detector learns from the real assembly's
+own signals and there is nothing to carry over).
 
 **How much to escalate** (``objective``), chosen on the validation split from
 the curve of accuracy against escalation rate:
@@ -61,7 +64,7 @@ from ._oos import OOSDetector
 
 __all__ = ["EscalationPolicy", "PoolSignals", "SimulatedUnknowns", "stage1_features", "nearest_prototype_cosine",
            "known_quantiles", "rank_signals", "NEVER", "MIN_OOS_PROBA", "OBJECTIVES", "OOS_CALIBRATIONS", "SIGNAL_SCALINGS",
-           "RANK_LEVELS"]
+           "RANK_LEVELS", "MIN_RANK_ITEMS"]
 
 #: a threshold on a probability that is never reached (JSON has no infinity)
 NEVER = 2.0
@@ -72,6 +75,8 @@ OOS_CALIBRATIONS = ("auto", "examples", "held_out_labels")
 SIGNAL_SCALINGS = ("auto", "none", "known_rank")
 #: quantile levels kept per stage-1 signal for ``signal_scaling="known_rank"`` (a 1/1000 grid of the known items' CDF)
 RANK_LEVELS = 1001
+#: ``signal_scaling="auto"`` ranks only when the known items it ranks among number at least this many
+MIN_RANK_ITEMS = 200
 #: escalation budgets on the accuracy-vs-escalation curve (shares of in-scope validation items)
 BUDGET_GRID = tuple(sorted({round(float(b), 3) for b in (*np.arange(0.0, 0.30001, 0.01), *np.arange(0.35, 1.00001, 0.05))}))
 _THRESHOLDS = ("confidence_threshold", "escalate_oos_threshold", "oos_threshold_small", "oos_threshold_escalated")
@@ -105,20 +110,23 @@ def known_quantiles(F: np.ndarray, levels: int = RANK_LEVELS) -> np.ndarray:
     return np.quantile(F, np.linspace(0.0, 1.0, levels), axis=0).astype(np.float32)
 
 
-def rank_signals(F: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    """Each column of ``F`` read as the logit of its rank among the known items ``quantiles`` describe.
+def rank_signals(F: np.ndarray, quantiles: np.ndarray, n_known: int | None = None) -> np.ndarray:
+    """Each column of ``F`` read as the logit of its rank among the ``n_known`` known items ``quantiles`` describe.
 
     The rank is the position on the quantile grid, interpolated linearly
     between grid points, the middle of a run of equal quantiles for a value
     that many known items share (a saturated max-probability, say), and the
-    grid's ends beyond it; ``u = (position + 0.5) / levels``, so values stay
-    finite (about +-7.6 with 1,001 levels).
+    grid's ends beyond it. With ``m = min(n_known, levels)`` (``levels`` when
+    ``n_known`` is None) the position is read as the ``k``-th of ``m`` order
+    statistics and ``u = (k + 0.5) / m``: values stay finite (about +-7.6 with
+    1,001 levels) and the tails are no longer than the known items support.
     """
     F = np.asarray(F, np.float64)
     q = np.asarray(quantiles, np.float64)
     if F.ndim != 2 or q.ndim != 2 or F.shape[1] != q.shape[1]:
         raise ConfigError(f"signals of shape {F.shape} do not match rank quantiles of shape {q.shape}")
     n = q.shape[0]
+    m = n if n_known is None else max(min(int(n_known), n), 1)
     out = np.empty(F.shape, np.float32)
     for j in range(F.shape[1]):
         qj, x = q[:, j], F[:, j]
@@ -129,7 +137,7 @@ def rank_signals(F: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
         frac = np.where(gap > 0, (x - a) / np.where(gap > 0, gap, 1.0), 0.5)
         pos = np.where(hi > lo + 1, (lo + hi - 1) / 2.0, np.clip(i - 1 + frac, 0.0, n - 1.0))
         pos = np.where(x < qj[0], 0.0, np.where(x > qj[-1], n - 1.0, pos))
-        u = (pos + 0.5) / n
+        u = (pos / max(n - 1, 1) * (m - 1) + 0.5) / m
         out[:, j] = np.log(u / (1.0 - u))
     return out
 
@@ -178,8 +186,15 @@ class SimulatedUnknowns:
             known = rows & ~np.asarray(self.is_unknown, bool)
             if not known.any():
                 raise ConfigError(f"fold {int(f)} of the simulated unknowns has no known item to rank against")
-            out[rows] = rank_signals(self.F1[rows], known_quantiles(self.F1[known]))
+            out[rows] = rank_signals(self.F1[rows], known_quantiles(self.F1[known]), int(known.sum()))
         return out
+
+    def fewest_known(self) -> int:
+        """The fewest known rows of any fold (what a fold's ranks rest on); 0 without folds."""
+        if self.fold is None:
+            return 0
+        known = ~np.asarray(self.is_unknown, bool)
+        return int(min((known & (np.asarray(self.fold) == f)).sum() for f in np.unique(self.fold)))
 
 
 def _quantile(v: np.ndarray, q: float) -> float:
@@ -194,7 +209,7 @@ class EscalationPolicy(BaseEstimator):
     ``prototypes_`` (label prototypes for the nearest-prototype signal; held-out-label
     calibration only, else None), ``signal_quantiles_`` (the in-scope validation items'
     stage-1 signal quantiles the detectors rank against; None when they read raw
-    signals), ``signal_scaling_`` (``"known_rank"`` or ``"none"``), ``detector1_``, ``detector2_`` (None without a generalist or when it cannot
+    signals; ``signal_known_items_`` how many), ``signal_scaling_`` (``"known_rank"`` or ``"none"``), ``detector1_``, ``detector2_`` (None without a generalist or when it cannot
     be simulated), ``oos_method_``, ``report_`` (the validation figures and the
     curve the budget was chosen on).
     """
@@ -260,10 +275,12 @@ class EscalationPolicy(BaseEstimator):
         self.detector2_ = None
         scaling = self.signal_scaling
         if scaling == "auto":
-            scaling = "known_rank" if method == "held_out_labels" else "none"
+            scaling = ("known_rank" if method == "held_out_labels" and int(ins.sum()) >= MIN_RANK_ITEMS
+                       and simulated.fewest_known() >= MIN_RANK_ITEMS else "none")
         self.signal_scaling_ = scaling
         raw1 = stage1_features(pool.proba, pool.X, self.centroids_, pool.router_proba, self.prototypes_)
         self.signal_quantiles_ = known_quantiles(raw1[ins]) if scaling == "known_rank" else None
+        self.signal_known_items_ = int(ins.sum()) if scaling == "known_rank" else 0
         F1 = self._scaled(raw1)
         if method == "examples":  # (with "known_rank", the out-of-scope examples ranked among the in-scope items)
             self.detector1_ = OOSDetector().fit(F1, t)
@@ -383,7 +400,7 @@ class EscalationPolicy(BaseEstimator):
     def _scaled(self, F1: np.ndarray) -> np.ndarray:
         """The stage-1 signals as the detectors read them: ranked (``signal_quantiles_``) or raw."""
         q = getattr(self, "signal_quantiles_", None)
-        return F1 if q is None else rank_signals(F1, q)
+        return F1 if q is None else rank_signals(F1, q, getattr(self, "signal_known_items_", None) or None)
 
     # -- deciding -----------------------------------------------------------------------------
     def fuse(self, proba: np.ndarray, pg_in: np.ndarray) -> np.ndarray:
@@ -449,7 +466,8 @@ class EscalationPolicy(BaseEstimator):
         det_arr = {f"{k}.{a}": arr for k, v in dets.items() for a, arr in v.to_state()[1].items()}
         config = {"type": "EscalationPolicy", "params": self.get_params(), "detectors": det_cfg,
                   "thresholds": {k: float(v) for k, v in self.thresholds_.items()},
-                  "fusion_weight": float(self.fusion_weight_), "oos_method": self.oos_method_, "report": self.report_}
+                  "fusion_weight": float(self.fusion_weight_), "oos_method": self.oos_method_, "report": self.report_,
+                  "signal_known_items": int(getattr(self, "signal_known_items_", 0))}
         protos = getattr(self, "prototypes_", None)
         quants = getattr(self, "signal_quantiles_", None)
         return config, {"centroids": self.centroids_, **({"prototypes": protos} if protos is not None else {}),
@@ -477,6 +495,7 @@ class EscalationPolicy(BaseEstimator):
         # policies saved before signal scaling existed have no quantiles: they read raw signals, as they were fitted
         est.signal_quantiles_ = np.asarray(arrays["signal_quantiles"], np.float32) if "signal_quantiles" in arrays else None
         est.signal_scaling_ = "known_rank" if est.signal_quantiles_ is not None else "none"
+        est.signal_known_items_ = int(config.get("signal_known_items", 0)) if est.signal_quantiles_ is not None else 0
         dets = {}
         for k, cfg in config["detectors"].items():
             dets[k] = OOSDetector.from_state(cfg, {a.split(".", 1)[1]: v for a, v in arrays.items() if a.startswith(k + ".")})

@@ -542,7 +542,7 @@ def export_assembly(asm: Any, out_dir: str | Path, *, int8: bool | str = False) 
             "encoder": encoder, "router": router_entry, "experts": experts,
             "oos": {"file": "oos.onnx", "centroids": "centroids.npy",
                     **({"prototypes": "prototypes.npy"} if protos is not None else {}),
-                    **({"signal_quantiles": "signal_quantiles.npy",
+                    **({"signal_quantiles": "signal_quantiles.npy", "signal_known_items": int(policy.signal_known_items_),
                         "scaling": "x_j -> logit(rank of x_j among the known items' quantiles), mid-rank on ties"}
                        if quants is not None else {}),
                     "features": [*STAGE1_FEATURES, *([PROTOTYPE_FEATURE] if protos is not None else [])],
