@@ -277,7 +277,6 @@ class EscalationPolicy(BaseEstimator):
         if scaling == "auto":
             scaling = ("known_rank" if method == "held_out_labels" and int(ins.sum()) >= MIN_RANK_ITEMS
                        and simulated.fewest_known() >= MIN_RANK_ITEMS else "none")
-        self.signal_scaling_ = scaling
         raw1 = stage1_features(pool.proba, pool.X, self.centroids_, pool.router_proba, self.prototypes_)
         self.signal_quantiles_ = known_quantiles(raw1[ins]) if scaling == "known_rank" else None
         self.signal_known_items_ = int(ins.sum()) if scaling == "known_rank" else 0
@@ -397,6 +396,12 @@ class EscalationPolicy(BaseEstimator):
         return {"budget": float(budget), "thresholds": (float(te), float(tc), float(t2)), "accuracy": float(acc),
                 "recall": float(rec), "rate": float(rate)}
 
+    @property
+    def signal_scaling_(self) -> str:
+        """How the fitted detectors read the signals: ``"known_rank"`` (with ``signal_quantiles_``) or ``"none"``."""
+        check_fitted(self, "thresholds_")
+        return "none" if getattr(self, "signal_quantiles_", None) is None else "known_rank"
+
     def _scaled(self, F1: np.ndarray) -> np.ndarray:
         """The stage-1 signals as the detectors read them: ranked (``signal_quantiles_``) or raw."""
         q = getattr(self, "signal_quantiles_", None)
@@ -494,7 +499,6 @@ class EscalationPolicy(BaseEstimator):
         est.prototypes_ = np.asarray(arrays["prototypes"], np.float32) if "prototypes" in arrays else None
         # policies saved before signal scaling existed have no quantiles: they read raw signals, as they were fitted
         est.signal_quantiles_ = np.asarray(arrays["signal_quantiles"], np.float32) if "signal_quantiles" in arrays else None
-        est.signal_scaling_ = "known_rank" if est.signal_quantiles_ is not None else "none"
         est.signal_known_items_ = int(config.get("signal_known_items", 0)) if est.signal_quantiles_ is not None else 0
         dets = {}
         for k, cfg in config["detectors"].items():
