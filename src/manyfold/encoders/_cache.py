@@ -26,7 +26,9 @@ import shutil
 import struct
 import threading
 import warnings
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,10 @@ from .._io import atomic_write_json, load_arrays, manyfold_home, save_arrays
 from ._base import Encoder
 from ._common import check_texts, empty_matrix, validate_with
 
-__all__ = ["EmbeddingCache", "CachedEncoder", "cached_encoder"]
+__all__ = ["EmbeddingCache", "CachedEncoder", "cached_encoder", "encode_ahead", "PIECE"]
+
+#: items per model call when filling the cache: the granularity of progress (shards stay cache.shard_size)
+PIECE = 256
 
 _SUFFIX = ".safetensors"
 _MAX_SHARDS = 64  # more shards than this for one encoder are merged when the index is loaded
@@ -318,19 +323,18 @@ class CachedEncoder:
     def __repr__(self) -> str:
         return f"CachedEncoder({self.encoder!r}, {self.cache!r})"
 
-    def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
-        """Encode ``items`` through the cache; same contract as the wrapped encoder."""
+    def _plan(self, items: Sequence[Any]) -> tuple[list[Any], list[bytes | None], dict[bytes, np.ndarray], list[int]]:
+        """``items`` as a list, their keys, the cached vectors found, and the positions still to encode
+        (the first occurrence of each missing key, and every item that cannot be keyed)."""
         if self.modality == "text":
             items = check_texts(items, type(self.encoder).__name__)
         items = list(items)
-        if not items:
-            return empty_matrix(self.dim)
         eid = self.id
         keys = [self.cache.key(eid, it) for it in items]
         known = [k for k in keys if k is not None]
-        found, cached = self.cache.lookup(eid, known)
+        found, cached = self.cache.lookup(eid, known) if known else ([], [])
         vec_of: dict[bytes, np.ndarray] = dict(zip((k for k, f in zip(known, found) if f), cached))
-        todo: list[int] = []  # positions to encode: first occurrence of each missing key, and unkeyable items
+        todo: list[int] = []
         seen: set[bytes] = set()
         for i, k in enumerate(keys):
             if k is None:
@@ -338,24 +342,60 @@ class CachedEncoder:
             elif k not in vec_of and k not in seen:
                 seen.add(k)
                 todo.append(i)
+        return items, keys, vec_of, todo
+
+    def missing(self, items: Sequence[Any]) -> list[Any]:
+        """The items an :meth:`encode` of ``items`` would run through the model (distinct, not cached)."""
+        items, _, _, todo = self._plan(items)
+        return [items[i] for i in todo]
+
+    def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False,
+               on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Encode ``items`` through the cache; same contract as the wrapped encoder.
+
+        The missing items go to the model in pieces of :data:`PIECE` (one progress bar over the whole
+        call with ``show_progress``, or ``on_progress(n)`` after each piece: a job's own bar) and are
+        stored a shard (``cache.shard_size`` items) at a time.
+        """
+        items, keys, vec_of, todo = self._plan(items)
+        if not items:
+            return empty_matrix(self.dim)
+        eid = self.id
+        bar = None
+        if show_progress and on_progress is None and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"encoding with {self.spec}", unit="item", smoothing=0.1)
         direct: dict[int, np.ndarray] = {}
-        for s in range(0, len(todo), self.cache.shard_size):
-            chunk = todo[s:s + self.cache.shard_size]
-            vecs = np.asarray(self.encoder.encode([items[i] for i in chunk], batch_size=batch_size,
-                                                  show_progress=show_progress), dtype=np.float32)
-            put_keys, put_rows = [], []
-            for row, i in enumerate(chunk):
-                if keys[i] is None:
-                    direct[i] = vecs[row]
-                else:
-                    vec_of[keys[i]] = vecs[row]
-                    put_keys.append(keys[i])
-                    put_rows.append(row)
-            if put_keys:
-                try:
-                    self.cache.put(eid, put_keys, vecs[put_rows])
-                except OSError as exc:
-                    warnings.warn(f"could not write the embedding cache ({exc}); continuing without it", RuntimeWarning, stacklevel=2)
+        try:
+            for s in range(0, len(todo), self.cache.shard_size):
+                chunk = todo[s:s + self.cache.shard_size]
+                parts = []
+                for p in range(0, len(chunk), PIECE):
+                    piece = chunk[p:p + PIECE]
+                    parts.append(np.asarray(self.encoder.encode([items[i] for i in piece], batch_size=batch_size),
+                                            dtype=np.float32))
+                    if bar is not None:
+                        bar.update(len(piece))
+                    if on_progress is not None:
+                        on_progress(len(piece))
+                vecs = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                put_keys, put_rows = [], []
+                for row, i in enumerate(chunk):
+                    if keys[i] is None:
+                        direct[i] = vecs[row]
+                    else:
+                        vec_of[keys[i]] = vecs[row]
+                        put_keys.append(keys[i])
+                        put_rows.append(row)
+                if put_keys:
+                    try:
+                        self.cache.put(eid, put_keys, vecs[put_rows])
+                    except OSError as exc:
+                        warnings.warn(f"could not write the embedding cache ({exc}); continuing without it", RuntimeWarning, stacklevel=2)
+        finally:
+            if bar is not None:
+                bar.close()
         self.misses += len(todo)
         self.hits += len(items) - len(todo)
         out = np.empty((len(items), self.dim), dtype=np.float32)
@@ -381,3 +421,77 @@ def cached_encoder(encoder: Encoder, cache: EmbeddingCache | None = None) -> Enc
     if isinstance(encoder, ConcatEncoder):
         encoder = ConcatEncoder([cached_encoder(e, cache) for e in encoder.encoders])
     return CachedEncoder(encoder, cache)
+
+
+def encode_ahead(work: Sequence[tuple[Any, Sequence[Any]]], *, log: Callable[[str], None] | None = None,
+                 show_progress: bool = True) -> dict[str, int]:
+    """Fill the embedding cache for every ``(encoder, items)`` pair of a job under one progress line.
+
+    The cached models are found through :class:`ConcatEncoder` parts (pairs that share a model are
+    merged); encoders without a cache are left alone. Each model with work to do is loaded first (an
+    ONNX export or an archive extraction happens then, and ``log`` says so), and its speed is measured
+    on its first few items; the line then shows the whole job - every model, every split - as one
+    percentage with one ETA, refined as pieces finish. Returns ``{spec: items encoded}``.
+    """
+    from ._base import load_models
+    from ._concat import ConcatEncoder
+
+    say = log or (lambda m: print(m, file=sys.stderr))
+    leaves: dict[str, tuple[CachedEncoder, list[Any]]] = {}
+
+    def walk(enc: Any, items: list[Any]) -> None:
+        inner = enc.encoder if isinstance(enc, CachedEncoder) else enc
+        if isinstance(inner, ConcatEncoder):
+            for part in inner.encoders:
+                walk(part, items)
+        elif isinstance(enc, CachedEncoder):
+            leaves.setdefault(enc.id, (enc, []))[1].extend(items)
+
+    for enc, items in work:
+        walk(enc, list(items))
+    plan = [(enc, todo) for enc, items in leaves.values() if (todo := enc.missing(items))]
+    if not plan:
+        return {}
+    n_items = sum(len(t) for _, t in plan)
+    say(f"encoding {n_items:,} items with {len(plan)} model{'s' if len(plan) > 1 else ''} "
+        f"({', '.join(f'{e.spec}: {len(t):,}' for e, t in plan)}); the vectors are cached for later runs")
+    rate: list[float] = []  # seconds per item, measured per model
+    probe_n = 32
+    for enc, todo in plan:
+        t = time.perf_counter()
+        if load_models(enc):
+            say(f"  {enc.spec}: model ready in {time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+        enc.encode(todo[:probe_n])  # cached like the rest
+        rate.append((time.perf_counter() - t) / min(probe_n, len(todo)))
+    done = {e.spec: min(probe_n, len(t)) for e, t in plan}
+    left = [max(0, len(t) - probe_n) for _, t in plan]
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(n * r for n, r in zip(left, rate)), desc="encoding", unit="s", smoothing=0.0,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, {remaining} left {postfix}")
+    try:
+        for j, (enc, todo) in enumerate(plan):
+            if not left[j]:
+                continue
+            last = [time.perf_counter()]
+
+            def tick(n: int, j: int = j, enc: CachedEncoder = enc) -> None:
+                now = time.perf_counter()
+                spent = now - last[0]
+                last[0] = now
+                rate[j] = 0.7 * rate[j] + 0.3 * spent / n  # the model's speed, refined
+                left[j] -= n
+                done[enc.spec] += n
+                if bar is not None:
+                    bar.total = bar.n + spent + sum(k * r for k, r in zip(left, rate))
+                    bar.set_postfix_str(f"{enc.spec} {done[enc.spec]:,}/{len(todo):,}", refresh=False)
+                    bar.update(spent)
+
+            enc.encode(todo[probe_n:], on_progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done

@@ -1,12 +1,13 @@
 """Sentence-transformers models on onnxruntime: exported once from the local weights, run in fp32 or int8.
 
 ``get_encoder("minilm:runtime=onnx")`` (or ``mpnet:...``, ``st:<path or hub id>?runtime=onnx``) gives
-an :class:`OrtSentenceEncoder`. On its first use the model's transformer is exported to ONNX from the
-same weights the PyTorch encoder loads (``torch.onnx.export``), optionally quantised to int8
-(``quantize=int8``: onnxruntime dynamic quantisation, int8 weights per output channel), and kept under
-``manyfold_home()/models/onnx/`` in a folder written atomically; later runs load it in well under a
-second without importing torch. Tokenisation uses the model's own ``tokenizer.json`` (Rust
-``tokenizers``), pooling and normalisation follow the model's sentence-transformers modules.
+an :class:`OrtSentenceEncoder`. On its first use the model is exported to ONNX from the same weights
+the PyTorch encoder loads, by the edge export's exporter (transformer + mean pooling + L2
+normalisation in one graph, checked against PyTorch on a padded batch; see :mod:`manyfold.export`),
+optionally quantised to int8 (``quantize=int8``: onnxruntime dynamic quantisation, int8 weights per
+output channel), and kept under ``manyfold_home()/models/onnx/`` in a folder written atomically;
+later runs load it in well under a second. Tokenisation uses the model's own ``tokenizer.json``
+(Rust ``tokenizers``).
 
 * fp32 gives the PyTorch encoder's vectors to float rounding, so it shares its ``id`` (and its
   cached vectors): the runtime is a deployment choice, like the device.
@@ -21,10 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import ArtifactError, ConfigError, missing_dependency
-from .._io import atomic_dir, atomic_write_json, manyfold_home
+from .._io import atomic_dir, atomic_write_bytes, atomic_write_json, manyfold_home
 from ._common import TextEncoder, check_texts, empty_matrix, format_options
 from ._sentence_transformers import SentenceTransformerEncoder
 
@@ -43,7 +41,6 @@ RUNTIMES = ("torch", "onnx")
 #: weight precision of the ONNX graph
 QUANTIZE = ("none", "int8")
 _EXPORT_VERSION = 1
-_POOLING = ("mean", "cls")
 
 
 def _fingerprint(model_dir: Path) -> str:
@@ -59,103 +56,35 @@ def _fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _pooling_mode(config: dict) -> str:
-    """``"mean"`` or ``"cls"`` from a sentence-transformers Pooling config (old or new key style)."""
-    mode = config.get("pooling_mode")
-    if mode is None:
-        flags = [k[len("pooling_mode_"):] for k, v in config.items() if k.startswith("pooling_mode_") and v]
-        mode = {"mean_tokens": "mean", "cls_token": "cls"}.get(flags[0], flags[0]) if len(flags) == 1 else "+".join(flags)
-    if mode not in _POOLING:
-        raise ConfigError(f"runtime=onnx supports mean or cls pooling; this model pools with {mode!r}")
-    return str(mode)
+def onnx_model_dir(torch_encoder: SentenceTransformerEncoder, model_dir: Path, quantize: str) -> Path:
+    """The exported model behind ``torch_encoder`` (whose weights are in ``model_dir``) at ``quantize``
+    precision, exported on first use: the edge export's graph (transformer + mean pooling + L2
+    normalisation, checked against PyTorch on a padded batch), int8 by ``quantize_dynamic`` with
+    per-channel weights, in a folder written atomically (a failure leaves nothing)."""
+    from ..export._onnx import _onnx, export_sentence_encoder, int8_dynamic
 
-
-def _export(model_dir: Path, target: Path, quantize: str) -> None:
-    """Export ``model_dir`` (a sentence-transformers folder) into ``target``: ``model.onnx``,
-    ``tokenizer.json`` and ``meta.json``, written in a temp sibling and renamed in one step."""
-    try:
-        import torch
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise missing_dependency("sentence-transformers", "text", "exporting a model for runtime=onnx") from None
-    try:
-        import onnx  # noqa: F401 - torch.onnx.export needs it
-    except ImportError:
-        raise missing_dependency("onnx", "export", "exporting a model for runtime=onnx") from None
-    # a model of its own: the exporter leaves the module it traced unusable for eager runs
-    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-    st.eval()
-    modules = [type(m).__name__ for m in st]
-    if not modules or modules[0] != "Transformer" or "Pooling" not in modules:
-        raise ConfigError(f"runtime=onnx supports Transformer + Pooling [+ Normalize] models; {str(model_dir)!r} "
-                          f"has {' + '.join(modules)}")
-    extra = [m for m in modules[1:] if m not in ("Pooling", "Normalize")]
-    if extra:
-        raise ConfigError(f"runtime=onnx supports Transformer + Pooling [+ Normalize] models; {str(model_dir)!r} "
-                          f"also has {', '.join(extra)} (use runtime=torch)")
-    pooling = _pooling_mode(st[modules.index("Pooling")].get_config_dict())
-    transformer = st[0]
-    auto_model = transformer.auto_model
-    hf_tok = transformer.tokenizer
-    backend = getattr(hf_tok, "backend_tokenizer", None) or getattr(hf_tok, "_tokenizer", None)
-    if backend is None:
-        raise ConfigError(f"runtime=onnx needs a fast (Rust) tokenizer; {str(model_dir)!r} has {type(hf_tok).__name__}")
-    dim = int(auto_model.config.hidden_size)
-
-    class _Body(torch.nn.Module):
-        def __init__(self, m: Any) -> None:
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    sample = hf_tok(["an example text to trace", "short"], padding=True, return_tensors="pt")
-    with atomic_dir(target) as tmp:
-        fp32 = tmp / "model-fp32.onnx"
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _Body(auto_model).eval(), (sample["input_ids"], sample["attention_mask"]), str(fp32),
-                input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                              "last_hidden_state": {0: "batch", 1: "tokens"}},
-                opset_version=17, dynamo=False,
-            )
-        if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            root = logging.getLogger()  # the quantiser logs a pre-processing hint on the root logger
-            level = root.level
-            root.setLevel(logging.ERROR)
-            try:
-                quantize_dynamic(str(fp32), str(tmp / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
-            finally:
-                root.setLevel(level)
-            fp32.unlink()
-        else:
-            os.replace(fp32, tmp / "model.onnx")
-        backend.save(str(tmp / "tokenizer.json"))
-        atomic_write_json(tmp / "meta.json", {
-            "export_version": _EXPORT_VERSION, "source": str(model_dir), "quantize": quantize, "pooling": pooling,
-            "normalize_module": "Normalize" in modules, "max_seq_length": int(transformer.max_seq_length),
-            "pad_id": int(hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0), "dim": dim,
-            "torch": torch.__version__,
-        })
-
-
-def onnx_model_dir(model_dir: Path, quantize: str) -> Path:
-    """The exported model of ``model_dir`` at ``quantize`` precision, exported on first use (see the module docstring)."""
     name = model_dir.name.replace(" ", "_") or "model"
-    target = manyfold_home() / "models" / "onnx" / f"{name}-{_fingerprint(model_dir)}-{'int8' if quantize == 'int8' else 'fp32'}"
-    if (target / "meta.json").is_file() and (target / "model.onnx").is_file():
+    flags = f"n{int(torch_encoder.normalize)}-{'int8' if quantize == 'int8' else 'fp32'}"
+    target = manyfold_home() / "models" / "onnx" / f"{name}-{_fingerprint(model_dir)}-{flags}"
+    if _complete(target):
         return target
+    # a model of its own: the tracer must not share the module a PyTorch encoder of this process runs
+    twin = SentenceTransformerEncoder(torch_encoder.model_name, normalize=torch_encoder.normalize)
     try:
-        _export(model_dir, target, quantize)
-    except FileExistsError:  # another process finished first (or a stale incomplete folder: say so)
-        if not ((target / "meta.json").is_file() and (target / "model.onnx").is_file()):
+        with atomic_dir(target) as tmp:
+            entry = export_sentence_encoder(twin, tmp)
+            if quantize == "int8":
+                atomic_write_bytes(tmp / "encoder.onnx", int8_dynamic(_onnx().load(str(tmp / "encoder.onnx"))).SerializeToString())
+            atomic_write_json(tmp / "meta.json", {**entry, "export_version": _EXPORT_VERSION, "quantize": quantize,
+                                                  "source": str(model_dir)})
+    except FileExistsError:  # another process finished first (or an old incomplete folder: say so)
+        if not _complete(target):
             raise ArtifactError(f"{str(target)!r} exists but is not a complete export; delete it to export again") from None
     return target
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / n).is_file() for n in ("meta.json", "encoder.onnx", "tokenizer.json"))
 
 
 class OrtSentenceEncoder(TextEncoder):
@@ -179,7 +108,13 @@ class OrtSentenceEncoder(TextEncoder):
 
     @property
     def quantize(self) -> str:
+        """``"none"`` (fp32) or ``"int8"``."""
         return self._quantize
+
+    @property
+    def torch_encoder(self) -> SentenceTransformerEncoder:
+        """The same model on PyTorch (what the graph is exported from; fp32 gives its vectors)."""
+        return self._st
 
     @property
     def id(self) -> str:
@@ -237,17 +172,17 @@ class OrtSentenceEncoder(TextEncoder):
                     raise missing_dependency("tokenizers", "onnx", "runtime=onnx") from None
                 from .._threads import thread_budget
 
-                folder = onnx_model_dir(self._model_dir(), self._quantize)
+                folder = onnx_model_dir(self._st, self._model_dir(), self._quantize)
                 meta = json.loads((folder / "meta.json").read_text())
                 tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
                 tok.no_padding()
-                tok.enable_truncation(max_length=int(meta["max_seq_length"]))
+                tok.enable_truncation(max_length=int(meta["max_length"]))
                 so = ort.SessionOptions()
                 so.intra_op_num_threads = thread_budget()
                 so.inter_op_num_threads = 1
                 so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                session = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(folder / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
                 if self._st.kind == "alias" and int(meta["dim"]) != self._st.dim:
                     raise ArtifactError(f"{str(folder)!r} gives {meta['dim']}-d vectors, expected {self._st.dim}")
                 self._meta, self._tok, self._session = meta, tok, session
@@ -271,7 +206,7 @@ class OrtSentenceEncoder(TextEncoder):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc=self.spec, unit="batch")
-        pad, cls = int(meta["pad_id"]), meta["pooling"] == "cls"
+        pad = int(meta["pad_id"])
         for s in starts:
             idx = order[s:s + int(batch_size)]
             width = int(lengths[idx].max())
@@ -281,14 +216,5 @@ class OrtSentenceEncoder(TextEncoder):
                 n = int(lengths[i])
                 ids[r, :n] = encs[i].ids
                 mask[r, :n] = 1
-            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            if cls:
-                pooled = hidden[:, 0, :]
-            else:
-                m = mask[:, :, None].astype(np.float32)
-                pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-            out[idx] = pooled
-        if self._st.normalize or meta.get("normalize_module"):
-            # sentence-transformers normalises when asked or when the model ends in a Normalize module
-            out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+            out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]  # pooled (+ normalised) in the graph
         return out

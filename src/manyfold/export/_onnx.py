@@ -69,7 +69,8 @@ STAGE1_FEATURES = ("log_max_proba", "entropy", "centroid_cosine_1", "centroid_co
 PROTOTYPE_FEATURE = "nearest_prototype_cosine"
 _KIND = "manyfold-edge-export"
 _HASHING_RECIPE = 1  # the HashingEncoder recipe version docs/edge_runner.py reimplements
-_SUPPORTED_ENCODERS = "hashing, minilm, mpnet, minilm-onnx, or a sentence-transformers model with mean pooling"
+_SUPPORTED_ENCODERS = ("hashing, minilm, mpnet (either runtime), minilm-onnx, or a sentence-transformers model with mean "
+                       "pooling")
 
 
 def _onnx() -> Any:
@@ -236,7 +237,7 @@ def _int8_weights(model: Any, min_size: int) -> bool:
     return bool(made)
 
 
-def _int8_dynamic(model: Any, op_types: list[str] | None) -> Any:
+def int8_dynamic(model: Any, op_types: list[str] | None = None) -> Any:
     """``onnxruntime.quantization.quantize_dynamic``: int8 weights and int8 arithmetic (activations quantised
     per call, per tensor)."""
     onnx = _onnx()
@@ -260,7 +261,7 @@ def _write_model(model: Any, path: Path, mode: str | None, min_size: int, op_typ
     done: str | bool = False
     if mode is not None and _largest_weight(model) >= min_size:
         if mode == "dynamic":
-            model = _int8_dynamic(model, op_types)
+            model = int8_dynamic(model, op_types)
             done = mode
         elif _int8_weights(model, min_size):
             done = mode
@@ -329,8 +330,12 @@ def _tokenizer_json(enc: Any, tok: Any) -> bytes:
     return tok.backend_tokenizer.to_str().encode("utf-8")
 
 
-def _export_st(enc: Any, folder: Path) -> dict[str, Any]:
-    """``torch.onnx.export`` of transformer + mean pooling (+ L2 normalisation), checked against torch."""
+def export_sentence_encoder(enc: Any, folder: Path) -> dict[str, Any]:
+    """``torch.onnx.export`` of transformer + mean pooling (+ L2 normalisation), checked against torch.
+
+    Writes ``folder/encoder.onnx`` and ``folder/tokenizer.json``; returns their description (the
+    encoder entry of ``assembly.json``). Also what ``runtime=onnx`` encoders run (:mod:`manyfold.encoders._ort`).
+    """
     import torch
 
     transformer, tok, normalize = _st_parts(enc)
@@ -434,17 +439,25 @@ def _check_encoder(path: Path, ids: np.ndarray, mask: np.ndarray, want: np.ndarr
 
 
 def _export_encoder(encoder: Any, folder: Path, mode: str | None) -> dict[str, Any]:
-    from ..encoders import HashingEncoder, OnnxMiniLMEncoder, SentenceTransformerEncoder
+    from ..encoders import HashingEncoder, OnnxMiniLMEncoder, OrtSentenceEncoder, SentenceTransformerEncoder
 
     enc = _base_encoder(encoder)
     if isinstance(enc, HashingEncoder):
         return _hashing_entry(enc)
     if isinstance(enc, OnnxMiniLMEncoder):
         return {**_export_minilm_onnx(enc, folder), "int8": "weights"}  # its weights ship int8 already
+    if isinstance(enc, OrtSentenceEncoder):  # runtime=onnx: the same graph its runtime exports (int8 the same way)
+        entry = {**export_sentence_encoder(enc.torch_encoder, folder), "spec": enc.spec, "id": enc.id, "int8": False}
+        if enc.quantize == "int8":
+            mode = "dynamic"
+        if mode is not None:
+            entry["int8"] = _write_model(_onnx().load(str(folder / "encoder.onnx")), folder / "encoder.onnx", mode,
+                                         _ENCODER_MIN_WEIGHTS)
+        return entry
     if not isinstance(enc, SentenceTransformerEncoder):
         raise ConfigError(f"the ONNX export cannot export the encoder {getattr(enc, 'spec', type(enc).__name__)!r}; "
                           f"it exports: {_SUPPORTED_ENCODERS}")
-    entry = _export_st(enc, folder)
+    entry = export_sentence_encoder(enc, folder)
     entry["int8"] = False
     if mode is not None:
         entry["int8"] = _write_model(_onnx().load(str(folder / "encoder.onnx")), folder / "encoder.onnx", mode,

@@ -37,9 +37,11 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     ``dataset``, ``data_dir``, ``save_changes``, ``allowed_hosts``, ``trust_remote``). A ``host`` that is a
     name or address (not ``0.0.0.0`` / ``::``) is added to ``allowed_hosts``. ``ray=True`` deploys on Ray
     Serve instead of uvicorn (experts and generalist as their own deployments).
-    ``threads``: torch intra-op threads of the server process (default: torch's
-    choice; 1 is much faster on a machine whose cores are shared with other
-    jobs, where spinning thread pools wait on descheduled threads).
+    ``threads``: the process's thread budget (:func:`manyfold.set_threads`: torch's
+    intra-op pool and every onnxruntime session; default ``MANYFOLD_THREADS``, else
+    the cores); 1 is much faster on a machine whose cores are shared with other
+    jobs, where spinning thread pools wait on descheduled threads. The budget is
+    logged at start.
     ``keep_alive_s``: how long idle HTTP keep-alive connections stay open.
     Slow clients: uvicorn runs with :func:`~manyfold.serve._conn.guarded_h11_protocol`
     (``header_timeout_s``, ``max_connections`` of the config; the app enforces
@@ -56,13 +58,12 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
 
         opts["trust_remote"] = trust_remote()
     config = ServeConfig(assembly=name, registry_root=registry, **opts)
-    if threads is not None:
-        if not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-        import torch
+    from .._threads import describe_threads, set_threads
 
-        torch.set_num_threads(threads)
+    if threads is not None:
+        set_threads(threads)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("manyfold.serve").info("%s", describe_threads())
     if ray:
         from ._ray import run_ray
 
