@@ -135,12 +135,14 @@ def test_demo_flat_rows_use_the_fair_baseline(data_dir, tmp_path, monkeypatch):
     from manyfold import _demo
 
     tiny = manyfold.load_dataset("clinc150", data_dir).subset(5, seed=0)
-    real_assemble = _demo.assemble
     monkeypatch.setattr(_demo, "load_dataset", lambda name, d: tiny)
-    monkeypatch.setattr(_demo, "assemble", lambda ds, **kw: real_assemble(
-        ds, encoder="hashing:dim=512", cache=False, **{**kw, "show_progress": False}))
-    res = _demo.run_demo(data_dir=str(data_dir), generalist="hashing:dim=1024",
-                         registry=manyfold.Registry(tmp_path / "reg"), log=lambda m: None)
+    lines = []
+    res = _demo.run_demo(data_dir=str(data_dir), encoder="hashing:dim=512", generalist="hashing:dim=1024",
+                         registry=manyfold.Registry(tmp_path / "reg"), log=lines.append)
+    # every model pass of the job ran first, under one line (train, val and test; both encoders)
+    n = len({t for s in ("train", "val", "test") for t in tiny.split(s).items})
+    assert lines[-1] == f"encoding {2 * n:,} items with 2 models (hashing:dim=512: {n:,}, hashing:dim=1024: {n:,}); " \
+                        "the vectors are cached for later runs"
     rows = {r["system"]: r for r in res["rows"]}
     assert list(rows) == ["flat small (MiniLM, one head)", "big generalist alone (hashing:dim=1024)",
                           "assembly (experts only)", "assembly + escalation"]

@@ -59,10 +59,17 @@ def _flat_row(name: str, labels: np.ndarray, scores: Callable[[np.ndarray], tupl
 
 
 def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist: str | None = None,
+             encoder: str | None = None,
              registry: Registry | None = None, split: str = "test", log: Callable[[str], None] = print,
              config: AssemblyConfig = AssemblyConfig()) -> dict[str, Any]:
-    """Assemble CLINC150 with defaults, evaluate on ``split``, compare, save; returns the results."""
+    """Assemble CLINC150 with defaults, evaluate on ``split``, compare, save; returns the results.
+
+    ``encoder`` / ``generalist``: the routing encoder's and the generalist's specs (default: MiniLM and
+    the big model). Every model pass (train, val and ``split``, every model) runs first under one
+    progress line with one ETA; the vectors are cached, so a second run only retrains the heads.
+    """
     t_start = time.perf_counter()
+    enc_spec = encoder or DEFAULTS["text"]["encoder"]
     gen_spec, note = pick_generalist_encoder(generalist)
     if note:
         log(f"note: {note}")
@@ -73,9 +80,9 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     # one progress line for every model pass of the job (train, val and the test split evaluated below)
     store = EmbeddingCache()
     every = [it for sp in ("train", "val", split) for it in ds.split(sp).items]
-    encode_ahead([(cached_encoder(get_encoder(DEFAULTS["text"]["encoder"]), store), every),
+    encode_ahead([(cached_encoder(get_encoder(enc_spec), store), every),
                   (cached_encoder(get_encoder(gen_spec), store), every)], log=log)
-    asm = assemble(ds, generalist=gen_spec, config=config, show_progress=True, cache=store)
+    asm = assemble(ds, encoder=enc_spec, generalist=gen_spec, config=config, show_progress=True, cache=store)
     s = ds.split(split)
     rows = []
     for esc in (False, True):
