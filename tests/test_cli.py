@@ -71,3 +71,10 @@ def test_assemble_evaluate_add_remove_full_clinc150_hashing(data_dir):
     assert rep["n_in_scope"] == 4500 and rep["n_oos"] == 1000
     out = run("experts", "remove", "h", "late", "--data-dir", d)
     assert out.returncode == 0, out.stderr
+
+
+def test_demo_quick_picks_the_generalist_itself():
+    out = run("demo", "--quick", "--generalist", "mpnet")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: --quick picks the generalist (a head on MiniLM); leave out --generalist, "
+                                  "or --quick")
