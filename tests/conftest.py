@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared data folder, an isolated MANYFOLD_HOME, a tiny real assembly.
+"""Shared fixtures: the shared data folder, an isolated MANYFOLD_HOME, tiny real assemblies built once a session.
 
 Also the test session's machine settings (decided here, before anything imports torch):
 
@@ -12,6 +12,7 @@ Also the test session's machine settings (decided here, before anything imports 
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -99,3 +100,35 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# -- assemblies several modules build alike: fitted once a session, each user gets a deep copy ---------------------
+# (so a test that changes its assembly - adds an expert, counts requests - changes nobody else's)
+
+
+@pytest.fixture(scope="session")
+def _toy_asm_fitted():
+    import manyfold
+    from _toy import ENC, GEN, toy_dataset
+
+    return manyfold.assemble(toy_dataset(), encoder=ENC, generalist=GEN, cache=False)
+
+
+@pytest.fixture(scope="module")
+def toy_asm(_toy_asm_fitted):
+    """The toy assembly (``_toy``: 6 labels in 3 domains, hashing encoder and generalist), one copy per module."""
+    return copy.deepcopy(_toy_asm_fitted)
+
+
+@pytest.fixture(scope="session")
+def _tiny_asm_nine_fitted(tiny_ds):
+    import manyfold
+
+    return manyfold.assemble(tiny_ds, encoder="hashing:dim=256", generalist="hashing:dim=512",
+                             domains=tiny_ds.domains[:9], cache=False)
+
+
+@pytest.fixture()
+def tiny_asm_nine(_tiny_asm_nine_fitted):
+    """An assembly of the CLINC150 subset's first 9 domains (the 10th left to add), a fresh copy per test."""
+    return copy.deepcopy(_tiny_asm_nine_fitted)

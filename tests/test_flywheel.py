@@ -220,10 +220,10 @@ def test_add_expert_from_teacher_learns_the_new_domain_without_its_labels(ds, do
             assert np.array_equal(v, asm.expert(name).params_[k])
 
 
-def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path):
+def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, _fitted, tmp_path):
     new = ds.domains[3]
     train = ds.split("train")
-    narrow = manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
+    narrow = copy.deepcopy(_fitted)  # = assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
     asm = manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, generalist_domains="all", cache=False)
     assert set(ds.labels_of(new)) <= set(asm.generalist.labels_.tolist())  # the big model knows the 4th domain
     assert not set(ds.labels_of(new)) & set(narrow.generalist.labels_.tolist())
