@@ -2,6 +2,11 @@
 
 Tiny data (CLINC150 ``subset(5)`` from ``$MANYFOLD_TEST_DATA``, default
 ``<repo parent>/shared/data``) and the hashing encoders, so they run in seconds.
+
+Sizes: 1024-d hashing vectors for the encoder and the generalist (they were 2048 and 4096). The assertions
+are about the flywheel's bookkeeping, not the vectors' size, and every one holds with a margin at least as
+large (measured: fold agreement 0.76 and 0.96 against the bounds 0.6 and 0.8, was 0.71 and 0.93; the
+teacher-only expert and its routing 1.0 against 0.9, as before), in ~60% of the time.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from manyfold.flywheel import (
 )
 
 SHARED = Path(os.environ.get("MANYFOLD_TEST_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
-ENC, GEN = "hashing", "hashing:dim=4096"
+ENC, GEN = "hashing:dim=1024", "hashing:dim=1024"  # see "Sizes" above
 
 
 @pytest.fixture(scope="module", autouse=True)
