@@ -108,9 +108,9 @@ def test_unknown_domain_and_router_are_named(tiny_ds):
         manyfold.assemble(tiny_ds, encoder="hashing:dim=64", router="magic", cache=False)
 
 
-def test_add_and_remove_expert_leave_the_others_untouched(tiny_ds):
+def test_add_and_remove_expert_leave_the_others_untouched(tiny_ds, tiny_asm_nine):
     doms = tiny_ds.domains
-    asm = manyfold.assemble(tiny_ds, encoder="hashing:dim=256", generalist="hashing:dim=512", domains=doms[:9], cache=False)
+    asm = tiny_asm_nine  # conftest: hashing:dim=256, generalist hashing:dim=512, domains doms[:9]; a fresh copy
     tr, va, te = tiny_ds.split("train"), tiny_ds.split("val"), tiny_ds.split("test")
     X = asm.encoder.encode(te.items)
     before = {e.name: e.predict_proba(X) for e in asm.experts}

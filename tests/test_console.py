@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
 import manyfold  # noqa: E402
-from _toy import ENC, GEN, toy_dataset  # noqa: E402
+from _toy import toy_dataset  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from manyfold.serve import ServeConfig, create_app  # noqa: E402
 from manyfold.serve._console import CONSOLE_ASSETS, CONSOLE_CSP, console_asset, json_safe  # noqa: E402
@@ -29,8 +29,8 @@ def ds():
 
 
 @pytest.fixture(scope="module")
-def asm(ds):
-    return manyfold.assemble(ds, encoder=ENC, generalist=GEN, cache=False)
+def asm(toy_asm):
+    return toy_asm  # conftest: built once a session on toy_dataset() (= ds) with ENC and GEN, copied per module
 
 
 def _client(asm, **kw) -> TestClient:

@@ -2,6 +2,11 @@
 
 Tiny data (CLINC150 ``subset(5)`` from ``$MANYFOLD_TEST_DATA``, default
 ``<repo parent>/shared/data``) and the hashing encoders, so they run in seconds.
+
+Sizes: 1024-d hashing vectors for the encoder and the generalist (they were 2048 and 4096). The assertions
+are about the flywheel's bookkeeping, not the vectors' size, and every one holds with a margin at least as
+large (measured: fold agreement 0.76 and 0.96 against the bounds 0.6 and 0.8, was 0.71 and 0.93; the
+teacher-only expert and its routing 1.0 against 0.9, as before), in ~60% of the time.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from manyfold.flywheel import (
 )
 
 SHARED = Path(os.environ.get("MANYFOLD_TEST_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
-ENC, GEN = "hashing", "hashing:dim=4096"
+ENC, GEN = "hashing:dim=1024", "hashing:dim=1024"  # see "Sizes" above
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -220,10 +225,10 @@ def test_add_expert_from_teacher_learns_the_new_domain_without_its_labels(ds, do
             assert np.array_equal(v, asm.expert(name).params_[k])
 
 
-def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, tmp_path):
+def test_fold_main_and_add_from_teacher_main_save_versions(ds, domains, _fitted, tmp_path):
     new = ds.domains[3]
     train = ds.split("train")
-    narrow = manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
+    narrow = copy.deepcopy(_fitted)  # = assemble(ds, encoder=ENC, generalist=GEN, domains=domains, cache=False)
     asm = manyfold.assemble(ds, encoder=ENC, generalist=GEN, domains=domains, generalist_domains="all", cache=False)
     assert set(ds.labels_of(new)) <= set(asm.generalist.labels_.tolist())  # the big model knows the 4th domain
     assert not set(ds.labels_of(new)) & set(narrow.generalist.labels_.tolist())

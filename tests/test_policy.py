@@ -7,6 +7,7 @@ encoder separates them), and hand-built signal arrays for the policy.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -42,6 +43,29 @@ def toy_dataset(n_labels: int = 9, *, per: int = 12, oos: str | None = "out_of_s
         splits[s] = Split(items, np.array([str(v) for v in labels]))
     l2d = {(str(k) if int_labels else f"intent{k}"): names[k % len(names)] for k in range(n_labels)} if domains else {}
     return Dataset("toy", splits, l2d, oos)
+
+
+# the experts-only toy assemblies several tests read (fitted once a module, a fresh copy per test)
+@pytest.fixture(scope="module")
+def _no_oos_fitted():
+    return manyfold.assemble(toy_dataset(oos=None), encoder=ENC, generalist=None, cache=False)
+
+
+@pytest.fixture(scope="module")
+def _with_examples_fitted():
+    return manyfold.assemble(toy_dataset(), encoder=ENC, generalist=None, cache=False)
+
+
+@pytest.fixture()
+def asm_no_oos(_no_oos_fitted):
+    """assemble(toy_dataset(oos=None), encoder=ENC, generalist=None): no out-of-scope examples."""
+    return copy.deepcopy(_no_oos_fitted)
+
+
+@pytest.fixture()
+def asm_with_examples(_with_examples_fitted):
+    """assemble(toy_dataset(), encoder=ENC, generalist=None): out-of-scope examples in every split."""
+    return copy.deepcopy(_with_examples_fitted)
 
 
 # -- the policy on hand-built signals ---------------------------------------------------------------
@@ -313,7 +337,7 @@ def test_signal_quantiles_survive_the_state_and_old_states_read_raw_signals():
                                old.decide(unknown, X, router, escalate=False)["oos_score"])
 
 
-def test_auto_ranks_only_among_enough_known_items():
+def test_auto_ranks_only_among_enough_known_items(asm_no_oos):
     from manyfold._policy import MIN_RANK_ITEMS
 
     pool, sim, _ = _unlike_proxies(n=MIN_RANK_ITEMS - 1)  # each fold's and the pool's known items: one too few
@@ -324,7 +348,7 @@ def test_auto_ranks_only_among_enough_known_items():
     pol = EscalationPolicy().fit(_centroids(), pool, sim)
     assert pol.signal_scaling_ == "known_rank" and pol.signal_known_items_ == MIN_RANK_ITEMS
     # a toy assembly (54 validation items): raw signals, as before ranks existed
-    asm = manyfold.assemble(toy_dataset(oos=None), encoder=ENC, generalist=None, cache=False)
+    asm = asm_no_oos
     assert asm.policy_.oos_method_ == "held_out_labels" and asm.policy_.signal_scaling_ == "none"
 
 
@@ -335,9 +359,9 @@ def test_with_examples_the_signals_stay_raw_by_default():
     assert ranked.signal_quantiles_ is not None and ranked.detector1_.n_features_in_ == 5
 
 
-def test_prototypes_survive_the_registry_and_are_absent_with_examples(tmp_path):
+def test_prototypes_survive_the_registry_and_are_absent_with_examples(asm_no_oos, asm_with_examples, tmp_path):
     ds = toy_dataset(oos=None)
-    asm = manyfold.assemble(ds, encoder=ENC, generalist=None, cache=False)
+    asm = asm_no_oos  # assemble(ds, encoder=ENC, generalist=None)
     reg = manyfold.Registry(tmp_path / "reg")
     reg.save(asm, "toy")
     back = reg.load("toy")
@@ -345,7 +369,7 @@ def test_prototypes_survive_the_registry_and_are_absent_with_examples(tmp_path):
     te = ds.split("test")
     assert [p.oos_score for p in back.predict(list(te.items))] == pytest.approx(
         [p.oos_score for p in asm.predict(list(te.items))], abs=1e-6)
-    with_examples = manyfold.assemble(toy_dataset(), encoder=ENC, generalist=None, cache=False)
+    with_examples = asm_with_examples  # assemble(toy_dataset(), encoder=ENC, generalist=None)
     assert with_examples.policy_.prototypes_ is None and with_examples.policy_.detector1_.n_features_in_ == 5
 
 
@@ -435,9 +459,9 @@ def test_bad_items_are_found_before_any_encoding():
     assert spy.calls == 0
 
 
-def test_evaluate_counts_unknown_labels_as_out_of_scope():
+def test_evaluate_counts_unknown_labels_as_out_of_scope(asm_with_examples):
     ds = toy_dataset()
-    asm = manyfold.assemble(ds, encoder=ENC, generalist=None, cache=False)
+    asm = asm_with_examples  # assemble(ds, encoder=ENC, generalist=None)
     te = ds.split("test")
     y = te.labels.copy()
     y[:6] = "never_seen"
@@ -483,9 +507,8 @@ def test_format_1_assemblies_still_load(tmp_path):
 
 
 @pytest.mark.parametrize("fmt, match", [(99, "upgrade manyfold"), (None, "rebuild it with `manyfold assemble`")])
-def test_unknown_manifest_formats_say_what_to_do(tmp_path, fmt, match):
-    ds = toy_dataset()
-    asm = manyfold.assemble(ds, encoder=ENC, generalist=None, cache=False)
+def test_unknown_manifest_formats_say_what_to_do(asm_with_examples, tmp_path, fmt, match):
+    asm = asm_with_examples  # assemble(toy_dataset(), encoder=ENC, generalist=None)
     reg = manyfold.Registry(tmp_path)
     reg.save(asm, "x")
     path = reg.root / "assemblies" / "x" / "v0001.json"

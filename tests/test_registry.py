@@ -28,9 +28,9 @@ def test_round_trip_gives_identical_predictions(tiny_asm, tiny_ds, tmp_path):
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.tmp"))
 
 
-def test_new_version_after_adding_an_expert_shares_the_other_files(tiny_ds, tmp_path):
+def test_new_version_after_adding_an_expert_shares_the_other_files(tiny_ds, tiny_asm_nine, tmp_path):
     doms = tiny_ds.domains
-    asm = manyfold.assemble(tiny_ds, encoder="hashing:dim=256", generalist="hashing:dim=512", domains=doms[:9], cache=False)
+    asm = tiny_asm_nine  # conftest: hashing:dim=256, generalist hashing:dim=512, domains doms[:9]; a fresh copy
     reg = Registry(tmp_path)
     reg.save(asm, "grow")
     objects = tmp_path / "objects"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _toy import ENC, GEN, toy_csv, toy_dataset
+from _toy import ENC, toy_csv
 
 import manyfold
 from manyfold import ArtifactError, Registry
@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(scope="module")
-def toy_asm():
-    return manyfold.assemble(toy_dataset(), encoder=ENC, generalist=GEN, cache=False)
+# toy_asm (conftest): assemble(toy_dataset(), encoder=ENC, generalist=GEN) built once a session, copied per module
 
 
 @pytest.mark.parametrize("damage", ["half", "empty object", "format only", "no experts"])

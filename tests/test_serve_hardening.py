@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-from _toy import ENC, GEN, toy_dataset
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -32,8 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def asm():
-    return manyfold.assemble(toy_dataset(), encoder=ENC, generalist=GEN, cache=False)
+def asm(toy_asm):
+    return toy_asm  # conftest: built once a session on toy_dataset() with ENC and GEN, copied per module
 
 
 class GatedEncoder:

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from _toy import ENC, GEN, toy_dataset
+from _toy import toy_dataset
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -34,8 +34,8 @@ def ds():
 
 
 @pytest.fixture(scope="module")
-def asm(ds):
-    return manyfold.assemble(ds, encoder=ENC, generalist=GEN, cache=False)
+def asm(toy_asm):
+    return toy_asm  # conftest: built once a session on toy_dataset() (= ds) with ENC and GEN, copied per module
 
 
 def _wait_ready(c: TestClient) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _toy import ENC, GEN, Capture, toy_csv, toy_dataset
+from _toy import ENC, Capture, toy_csv, toy_dataset
 
 import manyfold
 from manyfold import ArtifactError, Registry
@@ -27,10 +27,7 @@ SECRET = "s3cret-admin-token"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(scope="module")
-def toy_asm():
-    return manyfold.assemble(toy_dataset(), encoder=ENC, generalist=GEN, cache=False)
+# toy_asm (conftest): assemble(toy_dataset(), encoder=ENC, generalist=GEN) built once a session, copied per module
 
 
 def _manifest_path(reg: Registry, name: str, v: int = 1) -> Path:
