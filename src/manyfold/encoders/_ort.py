@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,14 @@ def _fingerprint(model_dir: Path) -> str:
     if cfg.is_file():
         h.update(cfg.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _thread_nice() -> int:
+    """The calling thread's niceness (Linux keeps one per thread); 0 where it cannot be read."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except (AttributeError, OSError):
+        return 0
 
 
 def onnx_model_dir(torch_encoder: SentenceTransformerEncoder, model_dir: Path, quantize: str) -> Path:
@@ -104,6 +113,8 @@ class OrtSentenceEncoder(TextEncoder):
         self._session: Any = None
         self._tok: Any = None
         self._meta: dict = {}
+        self._folder: Path | None = None
+        self._sessions: dict[int, Any] = {}  # by the niceness of the threads that run them
         self._lock = threading.Lock()
 
     @property
@@ -159,34 +170,56 @@ class OrtSentenceEncoder(TextEncoder):
         except Exception:  # noqa: BLE001 - not in the local hub cache yet: the user named it, so fetch it
             return Path(snapshot_download(st.model_name))
 
+    def _new_session(self, folder: Path) -> Any:
+        """An onnxruntime session on the process's thread budget; its pool threads are created now, by the
+        calling thread, so they run at that thread's priority (niceness)."""
+        import onnxruntime as ort
+
+        from .._threads import thread_budget
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = thread_budget()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(folder / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
+
     def _load(self) -> tuple[Any, Any, dict]:
         with self._lock:
             if self._session is None:
                 try:
-                    import onnxruntime as ort
+                    import onnxruntime  # noqa: F401
                 except ImportError:
                     raise missing_dependency("onnxruntime", "onnx", "runtime=onnx") from None
                 try:
                     from tokenizers import Tokenizer
                 except ImportError:
                     raise missing_dependency("tokenizers", "onnx", "runtime=onnx") from None
-                from .._threads import thread_budget
-
                 folder = onnx_model_dir(self._st, self._model_dir(), self._quantize)
                 meta = json.loads((folder / "meta.json").read_text())
                 tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
                 tok.no_padding()
                 tok.enable_truncation(max_length=int(meta["max_length"]))
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = thread_budget()
-                so.inter_op_num_threads = 1
-                so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                session = ort.InferenceSession(str(folder / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
+                session = self._new_session(folder)
                 if self._st.kind == "alias" and int(meta["dim"]) != self._st.dim:
                     raise ArtifactError(f"{str(folder)!r} gives {meta['dim']}-d vectors, expected {self._st.dim}")
-                self._meta, self._tok, self._session = meta, tok, session
+                self._folder, self._meta, self._tok, self._session = folder, meta, tok, session
+                self._sessions[_thread_nice()] = session
             return self._session, self._tok, self._meta
+
+    def _session_here(self) -> Any:
+        """The session for the calling thread's priority: a thread that runs at a lower priority (the server's
+        worker for large requests) gets a session of its own whose pool threads share that priority, instead of
+        running its work on the pool of a normal-priority thread."""
+        session = self._load()[0]
+        nice = _thread_nice()
+        found = self._sessions.get(nice)
+        if found is not None:
+            return found
+        with self._lock:
+            if nice not in self._sessions:
+                self._sessions[nice] = self._new_session(self._folder)
+            return self._sessions.get(nice, session)
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, dim)`` float32 matrix (unit rows if ``normalize``)."""
@@ -195,7 +228,8 @@ class OrtSentenceEncoder(TextEncoder):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
         if not texts:
             return empty_matrix(self.dim)
-        session, tok, meta = self._load()
+        _, tok, meta = self._load()
+        session = self._session_here()
         prefix = self._st.prefix
         encs = tok.encode_batch([prefix + t for t in texts] if prefix else texts)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
