@@ -249,3 +249,30 @@ def test_a_lower_priority_thread_gets_a_session_whose_threads_share_its_priority
     assert len(enc._sessions) == 2 and 7 in enc._sessions
     assert got["new"] and set(got["new"].values()) == {7}  # the new session's pool threads run at the caller's priority
     assert enc.encode(TEXTS[:1]).shape == (1, 32) and len(enc._sessions) == 2  # the normal thread keeps its own
+
+
+def test_an_int8_graph_that_breaks_the_vectors_is_refused_and_leaves_nothing(tiny_model, monkeypatch):
+    import manyfold.export._onnx as exporter
+    from onnx import numpy_helper
+
+    real = exporter.int8_dynamic
+
+    def scrambled(model, op_types=None):
+        out = real(model, op_types)
+        rng = np.random.default_rng(0)
+        for init in out.graph.initializer:  # what a broken quantisation does to the weights
+            w = numpy_helper.to_array(init)
+            if w.size > 1000 and w.dtype in (np.float32, np.int8, np.uint8):
+                noise = rng.standard_normal(w.shape) * (1.0 if w.dtype == np.float32 else 60.0)
+                init.CopyFrom(numpy_helper.from_array(noise.astype(w.dtype), init.name))
+        return out
+
+    monkeypatch.setattr(exporter, "int8_dynamic", scrambled)
+    with pytest.raises(manyfold.ArtifactError, match=r"int8 quantisation breaks .*cosine -?\d\.\d{3} .*use runtime=onnx without quantize"):
+        get_encoder(f"st:{tiny_model}?runtime=onnx,quantize=int8").encode(TEXTS[:1])
+    onnx_dir = manyfold._io.manyfold_home() / "models" / "onnx"
+    assert not onnx_dir.exists() or list(onnx_dir.iterdir()) == []
+    monkeypatch.setattr(exporter, "int8_dynamic", real)
+    enc = get_encoder(f"st:{tiny_model}?runtime=onnx,quantize=int8")
+    enc.encode(TEXTS[:1])
+    assert enc._meta["int8_probe_cosine_min"] >= 0.9

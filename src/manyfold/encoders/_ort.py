@@ -83,13 +83,47 @@ def onnx_model_dir(torch_encoder: SentenceTransformerEncoder, model_dir: Path, q
         with atomic_dir(target) as tmp:
             entry = export_sentence_encoder(twin, tmp)
             if quantize == "int8":
-                atomic_write_bytes(tmp / "encoder.onnx", int8_dynamic(_onnx().load(str(tmp / "encoder.onnx"))).SerializeToString())
+                fp32 = tmp / "encoder.onnx"
+                int8 = tmp / "encoder-int8.onnx"
+                atomic_write_bytes(int8, int8_dynamic(_onnx().load(str(fp32))).SerializeToString())
+                entry["int8_probe_cosine_min"] = _check_int8(fp32, int8, tmp / "tokenizer.json", entry, twin.model_name)
+                os.replace(int8, fp32)
             atomic_write_json(tmp / "meta.json", {**entry, "export_version": _EXPORT_VERSION, "quantize": quantize,
                                                   "source": str(model_dir)})
     except FileExistsError:  # another process finished first (or an old incomplete folder: say so)
         if not _complete(target):
             raise ArtifactError(f"{str(target)!r} exists but is not a complete export; delete it to export again") from None
     return target
+
+
+#: the int8 graph must give vectors at least this close (cosine, every probe text) to the fp32 graph's
+INT8_MIN_COSINE = 0.9
+_PROBE = ["what is my checking account balance", "set an alarm for six thirty tomorrow morning",
+          "how do i say thank you in french", "book a table for four at an italian place tonight",
+          "my card was declined at the store, why?", "play some jazz", "is it going to rain this weekend in boston",
+          "transfer 200 dollars from savings to checking", "what's the capital of australia", "hi"]
+
+
+def _check_int8(fp32: Path, int8: Path, tokenizer: Path, entry: dict, model: str) -> float:
+    """The smallest cosine between the int8 and the fp32 graph's vectors on a few probe texts; an
+    :class:`ArtifactError` when it is below :data:`INT8_MIN_COSINE` (quantisation broke the model)."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.enable_truncation(max_length=int(entry["max_length"]))
+    tok.enable_padding(pad_id=int(entry["pad_id"]), pad_token=str(entry["pad_token"]))
+    enc = tok.encode_batch(_PROBE)
+    feeds = {"input_ids": np.asarray([e.ids for e in enc], np.int64),
+             "attention_mask": np.asarray([e.attention_mask for e in enc], np.int64)}
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0] for p in (fp32, int8))
+    cos = (a * b).sum(1) / np.clip(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12, None)
+    low = float(cos.min())
+    if low < INT8_MIN_COSINE:
+        raise ArtifactError(f"int8 quantisation breaks {model!r}: its vectors are at cosine {low:.3f} to the fp32 "
+                            f"graph's on a probe text (at least {INT8_MIN_COSINE} needed); use runtime=onnx without "
+                            "quantize (fp32)")
+    return round(low, 5)
 
 
 def _complete(folder: Path) -> bool:
