@@ -41,7 +41,7 @@ __all__ = ["OrtSentenceEncoder", "RUNTIMES", "QUANTIZE"]
 RUNTIMES = ("torch", "onnx")
 #: weight precision of the ONNX graph
 QUANTIZE = ("none", "int8")
-_EXPORT_VERSION = 1
+_EXPORT_VERSION = 2  # 2: int8 graphs checked against fp32 before they are kept
 
 
 def _fingerprint(model_dir: Path) -> str:
