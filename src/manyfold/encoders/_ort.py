@@ -163,7 +163,7 @@ class OrtSentenceEncoder(TextEncoder):
 
     @property
     def id(self) -> str:
-        """The PyTorch encoder's ``id`` for fp32 (same vectors); with ``|int8=dyn-pc-v1`` added for int8."""
+        """The PyTorch encoder's ``id`` for fp32 (same vectors); with ``|int8=dyn-pc-v<export version>`` added for int8."""
         base = self._st.id
         return base if self._quantize == "none" else f"{base}|int8=dyn-pc-v{_EXPORT_VERSION}"
 
