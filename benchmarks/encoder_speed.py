@@ -58,10 +58,14 @@ def matmul_peak(seconds: float = 3.0) -> float:
     return best
 
 
-def model_shape(model: str) -> dict[str, int]:
+def model_dir(model: str) -> Path:
     from manyfold.encoders import minilm_model_path, mpnet_model_path
 
-    cfg = json.loads(((minilm_model_path() if model == "minilm" else mpnet_model_path()) / "config.json").read_text())
+    return minilm_model_path() if model == "minilm" else mpnet_model_path()
+
+
+def model_shape(model: str) -> dict[str, int]:
+    cfg = json.loads((model_dir(model) / "config.json").read_text())
     return {"hidden": cfg["hidden_size"], "layers": cfg["num_hidden_layers"], "ffn": cfg["intermediate_size"]}
 
 
@@ -77,9 +81,7 @@ def flops(shape: dict[str, int], tokens: np.ndarray) -> float:
 def token_counts(model: str, texts: list[str]) -> np.ndarray:
     from tokenizers import Tokenizer
 
-    from manyfold.encoders import minilm_model_path, mpnet_model_path
-
-    tok = Tokenizer.from_file(str((minilm_model_path() if model == "minilm" else mpnet_model_path()) / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(model_dir(model) / "tokenizer.json"))
     tok.no_padding()
     tok.enable_truncation(max_length=256 if model == "minilm" else 384)
     return np.asarray([len(e.ids) for e in tok.encode_batch(texts)])

@@ -60,7 +60,7 @@ def set_threads(n: int) -> int:
     global _budget
     n = _check(n, "threads")
     _budget = n
-    os.environ.setdefault("RAYON_NUM_THREADS", str(n))  # the tokenizers' pool reads it when it starts
+    os.environ["RAYON_NUM_THREADS"] = str(n)  # the tokenizers' pool reads it when it starts
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a core dependency

@@ -447,17 +447,13 @@ def _export_encoder(encoder: Any, folder: Path, mode: str | None) -> dict[str, A
     if isinstance(enc, OnnxMiniLMEncoder):
         return {**_export_minilm_onnx(enc, folder), "int8": "weights"}  # its weights ship int8 already
     if isinstance(enc, OrtSentenceEncoder):  # runtime=onnx: the same graph its runtime exports (int8 the same way)
-        entry = {**export_sentence_encoder(enc.torch_encoder, folder), "spec": enc.spec, "id": enc.id, "int8": False}
-        if enc.quantize == "int8":
-            mode = "dynamic"
-        if mode is not None:
-            entry["int8"] = _write_model(_onnx().load(str(folder / "encoder.onnx")), folder / "encoder.onnx", mode,
-                                         _ENCODER_MIN_WEIGHTS)
-        return entry
-    if not isinstance(enc, SentenceTransformerEncoder):
+        entry = {**export_sentence_encoder(enc.torch_encoder, folder), "spec": enc.spec, "id": enc.id}
+        mode = "dynamic" if enc.quantize == "int8" else mode
+    elif isinstance(enc, SentenceTransformerEncoder):
+        entry = export_sentence_encoder(enc, folder)
+    else:
         raise ConfigError(f"the ONNX export cannot export the encoder {getattr(enc, 'spec', type(enc).__name__)!r}; "
                           f"it exports: {_SUPPORTED_ENCODERS}")
-    entry = export_sentence_encoder(enc, folder)
     entry["int8"] = False
     if mode is not None:
         entry["int8"] = _write_model(_onnx().load(str(folder / "encoder.onnx")), folder / "encoder.onnx", mode,
