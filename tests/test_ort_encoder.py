@@ -130,6 +130,43 @@ def test_order_batching_and_prefix_do_not_change_a_text_s_vector(tiny_model):
     assert enc.encode([]).shape == (0, 32)
 
 
+def test_length_batches_cut_where_padding_would_cost_more_than_a_tenth():
+    from manyfold.encoders._ort import length_batches
+
+    # like lengths stay together up to batch_size; a long text after short ones starts a batch of its own
+    assert length_batches(np.array([10, 10, 10, 10]), 64) == [(0, 4)]
+    assert length_batches(np.array([10, 10, 10, 10]), 3) == [(0, 3), (3, 4)]
+    assert length_batches(np.array([5, 5, 5, 5, 40]), 64) == [(0, 4), (4, 5)]
+    # 5 x 12 = 60 padded tokens for 56 real ones (within 1.1 x 56 + 8); 6 x 20 = 120 for 76: cut
+    assert length_batches(np.array([10, 10, 12, 12, 12, 20]), 64) == [(0, 5), (5, 6)]
+    assert length_batches(np.array([], dtype=np.int64), 64) == []
+    lengths = np.sort(np.random.default_rng(0).integers(5, 40, 500))
+    spans = length_batches(lengths, 64)
+    assert spans[0][0] == 0 and spans[-1][1] == 500 and all(a < b for a, b in spans)
+    assert all(b1 == a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+    padded = sum((b - a) * int(lengths[b - 1]) for a, b in spans)
+    assert padded <= 1.1 * lengths.sum() + 8 * len(spans)
+
+
+def test_a_call_of_short_and_long_texts_runs_in_batches_of_like_lengths(tiny_model):
+    enc = get_encoder(f"st:{tiny_model}?runtime=onnx")
+    texts = ["hi"] * 6 + ["a much longer text with many more words than the short greetings before it"] * 2
+    enc.encode(texts[:1])
+    widths: list[tuple[int, int]] = []
+    real = enc._session_here()
+
+    class Spy:
+        def run(self, names, feed):
+            widths.append(feed["input_ids"].shape)
+            return real.run(names, feed)
+
+    enc._sessions = {k: Spy() for k in enc._sessions}
+    got = enc.encode(texts, batch_size=64)
+    assert len(widths) == 2 and widths[0][0] == 6 and widths[1][0] == 2 and widths[0][1] < widths[1][1]
+    enc._sessions = {k: real for k in enc._sessions}
+    np.testing.assert_allclose(got, np.stack([enc.encode([t])[0] for t in texts]), atol=1e-5)
+
+
 def test_the_export_is_made_once_and_reused(tiny_model, monkeypatch):
     get_encoder(f"st:{tiny_model}?runtime=onnx").encode(TEXTS[:1])
     folders = list((manyfold._io.manyfold_home() / "models" / "onnx").iterdir())
@@ -203,8 +240,11 @@ def test_an_assembly_on_runtime_onnx_exports_for_the_edge_with_the_same_vectors(
     assert meta["encoder"]["id"] == asm.encoder.id and meta["encoder"]["int8"] == "dynamic"
     texts = list(tiny_ds.split("test").items)[:40]
     model = runner.load(folder)
-    np.testing.assert_allclose(model.encode(texts), asm.encoder.encode(texts), atol=1e-5)  # the very same int8 graph
-    assert [g[0] for g in model.predict(texts)] == [p.label for p in asm.predict(texts, escalate=False)]
+    # one text at a time: int8 scales activations per batch, so a vector depends on its batch's other texts
+    # (the runner encodes a call as one batch; the encoder cuts a call by length)
+    np.testing.assert_allclose(np.concatenate([model.encode([t]) for t in texts]),
+                               np.concatenate([asm.encoder.encode([t]) for t in texts]), atol=1e-5)  # the same graph
+    assert [model.predict([t])[0][0] for t in texts] == [asm.predict([t], escalate=False)[0].label for t in texts]
 
 
 def test_e5_takes_the_thread_budget(monkeypatch):
