@@ -40,6 +40,11 @@ and requests escalated to the generalist.
    clients sending 256-item ``/v1/route`` requests back to back. The well-behaved clients must see
    zero failures and a p99 at most twice the calm one.
 
+``--speed`` (runs ``offline,batched,paced`` at ``--paced-fractions 0.5``, two stages only; issue 13,
+must-show 4): the closed loop must answer >= 90% of offline throughput; before the paced run, on the same
+idle server, 50 escalated texts (texts the offline run escalated) are sent one at a time, and the paced
+run's p99 must be at most 3x their median latency; no failed request apart from documented 503s.
+
 A closed loop of N clients obeys Little's law: mean latency = N / throughput.
 With 64 clients, p99 <= 250 ms needs at least 256 answered requests per
 second; the report prints that bound next to the measured numbers.
@@ -261,8 +266,8 @@ def server_batches(base: str) -> dict[str, float]:
 
 
 def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching: bool, swap: bool,
-                     rate: float | None = None, generalist_stage: bool = True, hostile: bool | None = None
-                     ) -> dict[str, Any]:
+                     rate: float | None = None, generalist_stage: bool = True, hostile: bool | None = None,
+                     alone: list[str] | None = None) -> dict[str, Any]:
     """One server, warmed up, then measured. ``hostile`` None: the classic phases (the benchmark's tuning);
     False / True: the server's defaults, without / with the hostile mix beside the well-behaved clients."""
     port = free_port()
@@ -272,6 +277,7 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
     try:
         startup = wait_ready(proc, base, args.startup_limit)
         asyncio.run(drive(base, texts[::-1], args.warmup, args.concurrency, args.time_limit))  # warm-up, not measured
+        single = asyncio.run(escalated_alone(base, alone)) if alone else None  # idle, warmed up, before the load
         before = server_batches(base)
 
         async def reloads(c: httpx.AsyncClient) -> list[dict[str, Any]]:
@@ -298,6 +304,8 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
         res["server_mean_batch_items"] = round(n and (after["mean_batch_items"] * after["batches"]
                                                        - before["mean_batch_items"] * before["batches"]) / n, 2)
         res["startup_seconds"] = round(startup, 1)
+        if single is not None:
+            res["escalated_alone"] = single
         res["loadavg_at_start"] = [round(x, 2) for x in load]
         return res
     finally:
@@ -466,22 +474,42 @@ async def with_hostile_mix(args: argparse.Namespace, base: str, texts: list[str]
 def offline(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
     import manyfold
 
-    if args.server_threads:
-        import torch
+    from manyfold._threads import thread_budget
 
-        torch.set_num_threads(args.server_threads)  # the same setting as the servers
+    manyfold.set_threads(args.server_threads or thread_budget())  # the same budget as the servers
     asm = manyfold.Registry(args.bench_registry).load(args.name, 1, cache=False)
     asm.predict(texts[-64:])  # warm-up
     n = min(args.requests, len(texts))
     t0 = time.perf_counter()
-    done = 0
+    done, escalated = 0, []
     for s in range(0, n, 64):
         if time.perf_counter() - t0 > args.time_limit:
             break
-        done += len(asm.predict(texts[s:s + 64]))
+        preds = asm.predict(texts[s:s + 64])
+        done += len(preds)
+        escalated += [t for t, p in zip(texts[s:s + 64], preds) if p.escalated]
     wall = time.perf_counter() - t0
     n = done
-    return {"items": n, "batch_size": 64, "seconds": round(wall, 2), "throughput_items_per_s": round(n / wall, 1)}
+    return {"items": n, "batch_size": 64, "seconds": round(wall, 2), "throughput_items_per_s": round(n / wall, 1),
+            "escalated_share": round(len(escalated) / max(1, n), 4), "escalated_texts": escalated[:args.escalated_alone]}
+
+
+async def escalated_alone(base: str, texts: list[str]) -> dict[str, Any]:
+    """``texts`` (ones the offline run escalated) sent one at a time on an idle server: the latency of an escalated
+    request alone (the yardstick of issue 13's paced p99)."""
+    host, port = base.split("//", 1)[1].split(":")
+    conn = RawConnection(host, int(port))
+    lat, esc, codes = [], 0, {}
+    for t in texts:
+        t0 = time.perf_counter()
+        status, data = await conn.post("/v1/predict", json.dumps({"item": t}).encode())
+        lat.append(1e3 * (time.perf_counter() - t0))
+        codes[str(status)] = codes.get(str(status), 0) + 1
+        if status == 200:
+            esc += bool(json.loads(data)["predictions"][0]["escalated"])
+    conn.close()
+    return {"requests": len(lat), "escalated": esc, "status_counts": codes,
+            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p90_ms": round(float(np.percentile(lat, 90)), 1)}
 
 
 def machine() -> dict[str, Any]:
@@ -519,7 +547,7 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
           f"- load average (1, 5, 15 min) at start: {_loadavg(result['machine'].get('loadavg_at_start'))}"
           + (f"; at end: {_loadavg(result['machine']['loadavg_at_end'])}" if 'loadavg_at_end' in result['machine'] else ""),
-          f"- **{result['note']}**", f"- server torch threads: {result['server_threads'] or 'torch default'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
+          f"- **{result['note']}**", f"- thread budget (servers and offline run): {result['server_threads'] or 'every core (the default)'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
           f"CLINC150 test texts, one keep-alive HTTP/1.1 connection per client (asyncio streams), 127.0.0.1", "", *rows, ""]
     if off:
         md.append(f"Offline `asm.predict` on batches of {off['batch_size']} (same texts, no HTTP): "
@@ -544,6 +572,20 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 checks.append(f"{name} (Poisson, {pc['offered_rps']} req/s offered): {pc['throughput_rps']} req/s answered = "
                               f"{pc['throughput_rps'] / off['throughput_items_per_s']:.0%} of offline, p50 {pc['p50_ms']} ms, "
                               f"p99 {pc['p99_ms']} ms (<= 250 ms: {'yes' if pc['p99_ms'] <= 250 else 'no'}), {pc['failed']} failed")
+        for name, pc in result["phases"].items():
+            one = pc.get("escalated_alone")
+            if one:
+                ok = pc["p99_ms"] <= 3 * one["p50_ms"] and pc["failed"] == 0
+                checks.append(f"{name}: p99 {pc['p99_ms']} ms against 3x the median of {one['requests']} escalated "
+                              f"requests alone on the idle server ({one['p50_ms']} ms; {one['escalated']} of them "
+                              f"escalated): {pc['p99_ms'] / one['p50_ms']:.2f}x, {pc['failed']} failed (target <= 3x, "
+                              f"0 failed: {'holds' if ok else 'NOT met'})")
+        if result.get("speed") and result["phases"].get("batched"):
+            b = result["phases"]["batched"]
+            share = b["throughput_rps"] / off["throughput_items_per_s"]
+            checks.append(f"closed loop: {share:.0%} of offline throughput (issue 13 target >= 90%: "
+                          f"{'holds' if share >= 0.9 else 'NOT met'}); offline escalated "
+                          f"{100 * off.get('escalated_share', float('nan')):.1f}% of items")
         hs = result["phases"].get("hot_swap")
         if hs:
             checks.append(f"hot swap: {hs['failed']} failed requests across {len(hs.get('reloads') or [])} reloads "
@@ -588,7 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-queue", type=int, default=1024)
     p.add_argument("--request-timeout-s", type=float, default=120.0,
                    help="the classic runs' server timeout (the maximal and hostile runs use the server's defaults)")
-    p.add_argument("--server-threads", type=int, default=None, help="torch threads of the server (default: torch's)")
+    p.add_argument("--server-threads", type=int, default=None,
+                   help="the thread budget of the servers and of the offline run (manyfold.set_threads; default: "
+                        "every core)")
     p.add_argument("--reloads", type=int, default=2, help="hot reloads during the hot-swap run")
     p.add_argument("--reload-after", type=float, default=2.0, help="seconds before each reload")
     p.add_argument("--runs", default="offline,batched,one_stage,unbatched,hot_swap,paced")
@@ -596,6 +640,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="paced runs: arrival rates as shares of offline throughput (comma-separated)")
     p.add_argument("--no-paced-one-stage", dest="paced_one_stage", action="store_false",
                    help="skip the one-stage server in the paced runs (by default each rate runs on both)")
+    p.add_argument("--speed", action="store_true",
+                   help="run offline, batched and paced at 0.5 with the escalated-alone yardstick (issue 13) "
+                        "instead of --runs")
+    p.add_argument("--escalated-alone", type=int, default=50,
+                   help="escalated texts sent one at a time on the idle server before each paced run")
     p.add_argument("--hostile", action="store_true",
                    help="run offline, maximal and hostile (the hostile mix of issue 14) instead of --runs")
     p.add_argument("--hostile-fraction", type=float, default=0.5, help="hostile run: arrivals as a share of offline")
@@ -615,8 +664,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-dir", default="/tmp", help="where the servers' logs go")
     p.add_argument("--work-dir", default="/tmp/manyfold_load_bench", help="the benchmark's own registry goes here")
     args = p.parse_args(argv)
+    if args.hostile and args.speed:
+        p.error("--hostile and --speed are two separate runs: give one")
     if args.hostile:
         args.runs = "offline,maximal,hostile"
+    if args.speed:
+        args.runs, args.paced_fractions, args.paced_one_stage = "offline,batched,paced", "0.5", False
     args.bench_registry = bench_registry(args)
     import manyfold
 
@@ -626,7 +679,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "note": (args.note + "; " if args.note else "") + "the load generator runs on the same cores as the server",
-        "assembly": args.name, "concurrency": args.concurrency, "server_threads": args.server_threads, "phases": {}}
+        "assembly": args.name, "concurrency": args.concurrency, "server_threads": args.server_threads, "phases": {},
+        "speed": args.speed}
     if "offline" in runs:
         print("running offline ...", flush=True)
         result["offline"] = offline(args, texts)
@@ -642,10 +696,13 @@ def main(argv: list[str] | None = None) -> None:
             phases.append((f"paced_{int(round(100 * f))}pct", True, False, rate, True))
             if args.paced_one_stage:  # the same arrivals (same seed) on a one-stage server
                 phases.append((f"paced_{int(round(100 * f))}pct_one_stage", True, False, rate, False))
+    alone = (result.get("offline") or {}).get("escalated_texts")
     for run, mb, swap, rate, stage in phases:
         if run in runs or run.startswith("paced"):
             print(f"running {run} ...", flush=True)
-            result["phases"][run] = run_server_phase(args, texts, mb, swap, rate, stage)
+            paced_two_stage = run.startswith("paced") and stage
+            result["phases"][run] = run_server_phase(args, texts, mb, swap, rate, stage,
+                                                     alone=alone if paced_two_stage else None)
             print(json.dumps(result["phases"][run]), flush=True)
             write(args, result)
     if "maximal" in runs:

@@ -1,5 +1,6 @@
-"""Issue 14, must-show 2: the batcher's scheduler. Small requests go first, large ones run in parts of their own and
-take turns by deficit round robin over characters; none starves; work of callers that have gone is dropped.
+"""Issue 14, must-show 2: the batcher's scheduler. Small requests never wait for large ones: large ones run in parts of
+their own, in a worker of their own at a lower priority, and take turns by deficit round robin over characters; work
+of callers that have gone is dropped.
 
 Known answers on the scheduler alone (no model, no clock), then on ``MicroBatcher`` with recording stand-ins for
 the encoder and the generalist."""
@@ -32,61 +33,51 @@ def _names(batch: list[_Job]) -> list[str]:
     return [it.rstrip(".") for j in batch for it in j.items[slice(*j.parts[0])]]
 
 
-def _run(sched: _Scheduler) -> list[str]:
-    """Take the next batch and run it (each request's part done), as the batcher's worker does."""
-    batch = sched.take()
+def _run(sched: _Scheduler, kind: str) -> list[str]:
+    """Take the next batch of ``kind`` and run it (each request's part done), as that kind's worker does."""
+    batch = sched.take(kind)
     out = _names(batch)
     for j in batch:
         j.parts.popleft()
     return out
 
 
-def test_small_requests_go_first_and_a_large_part_runs_alone():
+def test_small_and_large_requests_are_taken_apart_and_a_large_part_runs_alone():
     s = _Scheduler(max_items=64, max_chars=100, quantum=40)
     big = _job("L", [20] * 6, 40)  # three parts of two items
     assert len(big.parts) == 3
     for j in (big, _job("a", [20], 40), _job("b", [20], 40)):
         s.add(j)
-    assert _run(s) == ["a0", "b0"]  # the small ones first, together, though the large one came first
-    assert _run(s) == ["L0", "L1"]  # owed: a large one waited while that batch ran
-    s.add(_job("c", [20], 40))  # arrives while the large request's part runs
-    assert _run(s) == ["c0"]  # before the large request's next part
-    assert _run(s) == ["L2", "L3"]
-    assert _run(s) == ["L4", "L5"]
-    assert _run(s) == [] and len(s) == 0 and s.next_kind() is None
+    assert s.waiting("small") and s.waiting("large")
+    assert _run(s, "small") == ["a0", "b0"]  # together, though the large one came first
+    assert _run(s, "large") == ["L0", "L1"]  # a batch of its own
+    s.add(_job("c", [20], 40))
+    assert _run(s, "small") == ["c0"] and not s.waiting("small")
+    assert _run(s, "large") == ["L2", "L3"]
+    assert _run(s, "large") == ["L4", "L5"]
+    assert _run(s, "large") == [] and _run(s, "small") == [] and len(s) == 0
+    assert not s.waiting("large") and not s.waiting("small")
+    with pytest.raises(ValueError, match="kind must be 'small' or 'large', got 'medium'"):
+        s.take("medium")
 
 
-def test_a_small_request_waits_for_at_most_one_part_of_the_large_ones():
+def test_small_requests_never_wait_for_the_large_ones():
     s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
-    for name in "LMN":  # three large requests admitted
+    for name in "LMN":  # three large requests admitted, none of their parts run yet
         s.add(_job(name, [20] * 4, 40))
     s.add(_job("a", [20], 40))
-    assert _run(s) == ["a0"]
-    s.add(_job("b", [20], 40))  # comes while the small batch runs: one large part, then it
-    assert _run(s) == ["L0", "L1"]
-    assert _run(s) == ["b0"]
-    assert _run(s) == ["M0", "M1"]  # nothing small waits: the large ones in turn
-    assert _run(s) == ["N0", "N1"]
-    s.add(_job("c", [20], 40))
-    assert _run(s) == ["c0"]
-
-
-def test_no_large_request_starves_behind_a_stream_of_small_ones():
-    s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
-    s.add(_job("L", [20] * 6, 40))
-    order = []
-    for i in range(8):
-        s.add(_job(f"s{i}-", [20], 40))  # a small request always waits
-        order.append(_run(s))
-    assert order == [["s0-0"], ["L0", "L1"], ["s1-0", "s2-0"], ["L2", "L3"], ["s3-0", "s4-0"], ["L4", "L5"],
-                     ["s5-0", "s6-0"], ["s7-0"]]
+    assert _run(s, "small") == ["a0"]
+    s.add(_job("b", [20], 40))
+    assert _run(s, "small") == ["b0"]
+    assert [_run(s, "large") for _ in range(7)] == [["L0", "L1"], ["M0", "M1"], ["N0", "N1"], ["L2", "L3"],
+                                                    ["M2", "M3"], ["N2", "N3"], []]
 
 
 def test_large_requests_share_the_encoder_by_characters():
     s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
     s.add(_job("A", [40] * 3, 40))  # parts of one 40-character item
     s.add(_job("B", [10] * 12, 40, max_items=2))  # parts of two 10-character items: 20 characters
-    got = [_run(s) for _ in range(9)]
+    got = [_run(s, "large") for _ in range(9)]
     # each turn is worth 40 characters: B runs two parts for each of A's
     assert got == [["A0"], ["B0", "B1"], ["B2", "B3"], ["A1"], ["B4", "B5"], ["B6", "B7"], ["A2"], ["B8", "B9"],
                    ["B10", "B11"]]
@@ -96,7 +87,7 @@ def test_an_item_longer_than_a_turn_waits_for_its_credit():
     s = _Scheduler(max_items=64, max_chars=1000, quantum=40)
     s.add(_job("C", [100, 100], 40))  # parts of one 100-character item: two and a half turns of credit each
     s.add(_job("A", [40] * 4, 40))
-    got = [_run(s) for _ in range(6)]
+    got = [_run(s, "large") for _ in range(6)]
     assert got == [["A0"], ["A1"], ["C0"], ["A2"], ["A3"], ["C1"]]  # C: 40, 80, 120 -> runs (20 kept); 60, 100 -> runs
 
 
@@ -106,14 +97,14 @@ def test_small_batches_keep_route_and_predict_apart_and_respect_the_limits():
     s.add(_job("q", [10], 1000))
     s.add(_job("r", [10], 1000, route=True))
     s.add(_job("t", [10], 1000))
-    assert _run(s) == ["p0", "p1", "q0"]  # three items: full
-    assert _run(s) == ["r0"]  # a route request: a batch of its own
-    assert _run(s) == ["t0"]
+    assert _run(s, "small") == ["p0", "p1", "q0"]  # three items: full
+    assert _run(s, "small") == ["r0"]  # a route request: a batch of its own
+    assert _run(s, "small") == ["t0"]
     s2 = _Scheduler(max_items=64, max_chars=25, quantum=25)
     for name in "abc":
         s2.add(_job(name, [10], 25))
     assert s2.small_batch_full()  # two fit, the third would pass 25 characters
-    assert _run(s2) == ["a0", "b0"] and not s2.small_batch_full() and _run(s2) == ["c0"]
+    assert _run(s2, "small") == ["a0", "b0"] and not s2.small_batch_full() and _run(s2, "small") == ["c0"]
 
 
 def test_requests_whose_caller_has_gone_are_dropped():
@@ -123,10 +114,10 @@ def test_requests_whose_caller_has_gone_are_dropped():
     for j in (big, other, gone, kept):
         s.add(j)
     gone.future.cancel()  # timed out or disconnected before its batch
-    assert _run(s) == ["k0"]
-    assert _run(s) == ["L0", "L1"]
+    assert _run(s, "small") == ["k0"]
+    assert _run(s, "large") == ["L0", "L1"]
     big.future.cancel()  # gone after its first part: its other parts never run
-    assert [_run(s) for _ in range(3)] == [["M0", "M1"], ["M2", "M3"], []]
+    assert [_run(s, "large") for _ in range(3)] == [["M0", "M1"], ["M2", "M3"], []]
     assert len(s) == 0
 
 
@@ -134,17 +125,21 @@ def test_requests_whose_caller_has_gone_are_dropped():
 
 
 def _recording_batcher(calls: list[list[str]], gen_calls: list[list[str]] | None = None,
-                       gen_gate: threading.Event | None = None, **kw) -> MicroBatcher:
+                       gen_gate: threading.Event | None = None, part_gate: threading.Event | None = None,
+                       **kw) -> MicroBatcher:
     """A batcher whose encoder stand-in records each batch; items starting with "esc" escalate to a generalist
-    stand-in that records each call (the first waits for ``gen_gate``)."""
+    stand-in that records each call. A generalist call of small requests' items ("esc-s...") waits for
+    ``gen_gate``; an encoder batch of a large request's items ("...L...") waits for ``part_gate``."""
 
     def run_batch(items, flags, defer=False, snap=None):
+        if part_gate is not None and "L" in items[0]:
+            assert part_gate.wait(10), "the test never opened the part gate"
         calls.append([i.rstrip(".") for i in items])
         return [Pending(None, None, 0, i, {}) if defer and i.startswith("esc") else i.upper() for i in items]
 
     def run_generalist(pending):
         gen_calls.append([p.item.rstrip(".") for p in pending])
-        if gen_gate is not None and len(gen_calls) == 1:
+        if gen_gate is not None and pending[0].item.startswith("esc-s"):
             assert gen_gate.wait(10), "the test never opened the gate"
         return [p.item.upper() for p in pending]
 
@@ -164,13 +159,37 @@ def test_the_batcher_runs_a_large_request_apart_from_the_small_ones_that_came_wi
         return got
 
     got = asyncio.run(go())
-    assert calls == [["a", "b"], ["L0", "L1"], ["L2", "L3"], ["L4", "L5"]]  # never a large part with small texts
+    assert sorted(calls) == [["L0", "L1"], ["L2", "L3"], ["L4", "L5"], ["a", "b"]]  # never a large part with small texts
+    assert [c for c in calls if c[0].startswith("L")] == [["L0", "L1"], ["L2", "L3"], ["L4", "L5"]]  # in order
     assert got[0][0] == [t.upper() for t in big]
+
+
+def test_a_small_request_is_answered_while_a_large_requests_part_runs():
+    """The large requests' worker runs beside the small requests' one: a part that takes long holds nobody else."""
+    calls: list[list[str]] = []
+    gate = threading.Event()
+    big = [f"L{i}".ljust(20, ".") for i in range(4)]
+
+    async def go():
+        b = _recording_batcher(calls, part_gate=gate, max_batch_size=64, max_batch_chars=40)
+        large = b.submit(big)
+        await asyncio.sleep(0.05)  # its first part is running (held)
+        small = await asyncio.wait_for(b.submit(["a".ljust(20, ".")]), 5)
+        held = large.done()
+        gate.set()
+        got = await asyncio.wait_for(large, 5)
+        await b.stop()
+        return small, held, got
+
+    small, held, got = asyncio.run(go())
+    assert small[0] == ["A".ljust(20, ".")] and not held  # answered while the large request's part was held
+    assert calls == [["a"], ["L0", "L1"], ["L2", "L3"]]
+    assert got[0] == [t.upper() for t in big]
 
 
 def test_a_large_requests_escalations_go_to_a_generalist_worker_of_their_own():
     """A small request's escalation never waits behind a large request's (long texts, seconds of generalist each):
-    the two kinds are called apart, by two workers; here the small one is held and the large one goes on."""
+    the two kinds are called apart, by two workers; here the small ones' call is held and the large one goes on."""
     calls: list[list[str]] = []
     gen_calls: list[list[str]] = []
     gate = threading.Event()
@@ -181,57 +200,65 @@ def test_a_large_requests_escalations_go_to_a_generalist_worker_of_their_own():
         b = _recording_batcher(calls, gen_calls, gate, max_batch_size=64, max_batch_chars=100, max_part_chars=20,
                                max_generalist_batch_chars=20)
         futs = [b.submit(big)] + [b.submit(s) for s in small]
-        for _ in range(500):  # the first generalist call (the small requests') holds; the rest goes on
-            if len(calls) == 3 and len(gen_calls) == 3:
+        big_done = False
+        for _ in range(500):  # the small requests' first generalist call holds; the large request goes on
+            big_done = futs[0].done()
+            if big_done:
                 break
             await asyncio.sleep(0.01)
         held = [list(c) for c in gen_calls]
         gate.set()
         got = await asyncio.wait_for(asyncio.gather(*futs), 5)
         await b.stop()
-        return held, got
+        return big_done, held, got
 
-    held, got = asyncio.run(go())
-    assert calls == [["esc-s0", "esc-s1", "esc-s2"], ["esc-L0", "esc-L1"], ["esc-L2", "esc-L3"]]
-    assert held == [["esc-s0", "esc-s1"], ["esc-L0", "esc-L1"], ["esc-L2", "esc-L3"]]  # not behind the held call
-    assert gen_calls == held + [["esc-s2"]]
+    big_done, held, got = asyncio.run(go())
+    assert big_done  # answered while the small requests' generalist call was held
+    assert sorted(calls) == [["esc-L0", "esc-L1"], ["esc-L2", "esc-L3"], ["esc-s0", "esc-s1", "esc-s2"]]
+    assert [c for c in held if c[0].startswith("esc-L")] == [["esc-L0", "esc-L1"], ["esc-L2", "esc-L3"]]
+    assert [c for c in held if c[0].startswith("esc-s")] == [["esc-s0", "esc-s1"]]  # the held one
+    assert [c for c in gen_calls if c[0].startswith("esc-s")] == [["esc-s0", "esc-s1"], ["esc-s2"]]
     assert got[0][0] == [t.upper() for t in big] and [g[0] for g in got[1:]] == [[t[0].upper()] for t in small]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
-def test_a_large_requests_generalist_calls_run_at_a_lower_priority():
-    calls: list[list[str]] = []
-    seen: dict[str, int] = {}
+def test_a_large_requests_parts_and_generalist_calls_run_at_a_lower_priority():
+    seen: dict[str, set[int]] = {}
     base = os.getpriority(os.PRIO_PROCESS, 0)
 
+    def here(key: str) -> None:
+        seen.setdefault(key, set()).add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
     def run_batch(items, flags, defer=False, snap=None):
-        calls.append(list(items))
+        for i in items:
+            here("part " + i[:5])
         return [Pending(None, None, 0, i, {}) for i in items]
 
     def run_generalist(pending):
         for p in pending:
-            seen[p.item[:5]] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            here("generalist " + p.item[:5])
         return [p.item for p in pending]
 
     async def go():
         metrics = ServeMetrics()
         b = MicroBatcher(run_batch, metrics, max_batch_size=64, max_wait_ms=1, max_queue=8, max_batch_chars=100,
-                         max_part_chars=20, run_generalist=run_generalist, large_generalist_nice=3)
+                         max_part_chars=20, run_generalist=run_generalist, large_nice=3)
         await asyncio.wait_for(asyncio.gather(b.submit(["large-0".ljust(15), "large-1".ljust(15)]),
                                               b.submit(["small"])), 5)
         await b.stop()
         return metrics
 
     metrics = asyncio.run(go())
-    assert seen == {"large": min(19, base + 3), "small": base}
-    assert metrics.large_generalist_nice._value.get() == min(19, base + 3)
+    low = min(19, base + 3)
+    assert seen == {"part large": {low}, "generalist large": {low}, "part small": {base}, "generalist small": {base}}
+    assert metrics.large_nice._value.get() == low
 
 
-def test_large_generalist_nice_and_max_part_chars_are_checked():
+def test_large_nice_and_max_part_chars_are_checked():
     from manyfold import ConfigError
     from manyfold.serve import ServeConfig
 
-    with pytest.raises(ConfigError, match="large_generalist_nice must be an integer from 0"):
-        ServeConfig(assembly="x", large_generalist_nice=20)
+    with pytest.raises(ConfigError, match="large_nice must be an integer from 0"):
+        ServeConfig(assembly="x", large_nice=20)
     with pytest.raises(ConfigError, match=r"max_part_chars \(5,000\) must be at most max_batch_chars \(4,096\)"):
         ServeConfig(assembly="x", max_part_chars=5000)

@@ -113,8 +113,8 @@ def test_admitted_work_is_bounded_and_the_rest_gets_503(asm):
 
         held = post("/v1/predict", ["hold w1x1 " + "z" * 30])  # 40 characters, one part
         await _entered(gated.encoder)
-        large = post("/v1/predict", _texts(1, 4, "a"))  # 80 characters in two parts: a large request
-        await asyncio.sleep(0.05)
+        large = post("/v1/predict", ["hold" + t[4:] for t in _texts(1, 4, "a")])  # 80 characters in two parts: large
+        await asyncio.sleep(0.05)  # (its first part is held too, in the large requests' worker)
         large_over = await c.post("/v1/predict", json={"items": _texts(1, 3, "b")})  # large ones: 140 > 200 / 2
         small = [post("/v1/route", _texts(2, 2, "c")), post("/v1/predict", _texts(2, 2, "d"))]  # 160, then 200
         await asyncio.sleep(0.05)
@@ -130,7 +130,7 @@ def test_admitted_work_is_bounded_and_the_rest_gets_503(asm):
     assert _metric(m, "manyfold_rejected_requests_total", reason="work_full") == 2
 
 
-def test_a_large_request_runs_in_parts_and_a_later_small_one_goes_between(asm):
+def test_a_large_request_runs_in_parts_and_a_later_small_one_does_not_wait_for_them(asm):
     gated = _gated(asm)
     big = ["hold" + t[4:] for t in _texts(1, 1, "h")] + _texts(1, 5, "big")  # 6 x 20 characters: 3 parts of 40
     small = "w2x2 w2x3 small"
@@ -153,7 +153,7 @@ def test_a_large_request_runs_in_parts_and_a_later_small_one_goes_between(asm):
 
     rb, rs, done = asyncio.run(_run(app, go))
     assert rb.status_code == 200 and rs.status_code == 200
-    assert gated.encoder.calls == [big[:2], [small], big[2:4], big[4:]]  # the small one between the big one's parts
+    assert gated.encoder.calls == [big[:2], [small], big[2:4], big[4:]]  # the small one while a big one's part is held
     assert done == ["small", "big"]
     want = asm.predict(big)
     assert [p["label"] for p in rb.json()["predictions"]] == [p.label for p in want]
@@ -168,7 +168,7 @@ def test_a_caller_that_timed_out_has_its_remaining_work_dropped(asm):
     async def go(c):
         first = asyncio.ensure_future(c.post("/v1/predict", json={"items": big}))
         await _entered(gated.encoder)
-        queued = await c.post("/v1/route", json={"items": ["w2x2 queued"]})  # waits behind it, times out too
+        queued = await c.post("/v1/route", json={"items": _texts(2, 3, "q")})  # large too: waits behind it, times out
         r = await first
         gated.encoder.gate.set()
         await asyncio.sleep(0.2)

@@ -17,13 +17,13 @@ many (an item is never cut); the others are *small* (one part). Small requests
 wait first come, first served; one worker takes the first, gathers more until
 the batch holds ``max_batch_size`` items or ``max_batch_chars`` characters or
 ``max_wait_ms`` has passed, runs the whole batch in a thread (one encoder
-call) and hands each request its slice. Each part of a large request runs in a
-batch of its own (its long texts never pad out short ones); the large requests
-take turns by deficit round robin over characters. The next batch is small
-unless the large requests are owed a turn (the last batch was small while one
-waited): a small request waits for at most one part of a large one besides the
-batch in flight, however many large requests are admitted, and no large
-request starves (at least every second batch is theirs while they wait).
+call) and hands each request its slice. Large requests have a worker of their
+own: each part runs in a batch of its own (its long texts never pad out short
+ones), the large requests take turns by deficit round robin over characters,
+and the worker's thread runs at a lower priority (``large_nice``: niceness
+raised by that much, Linux), so a small request never waits for a part of a
+large one and the large ones take the cores the small ones leave idle (the OS
+still gives them a small share under saturation: none starves).
 
 A request whose caller has gone (timed out or disconnected: its future is
 cancelled) is dropped: its waiting parts never reach the encoder, its escalated
@@ -46,9 +46,10 @@ generalist costs several times more per character) into one generalist call,
 so the big model sees batches gathered from several small batches and a
 request cannot hold it. Small and large requests' escalations have a worker
 each: a small request's escalated text never waits behind a large request's
-long ones (seconds of generalist each; an item cannot be cut), the two calls
-share the cores instead (all stages share them: under saturation escalated
-requests wait longer than with one stage; see docs/serve.md).
+long ones (seconds of generalist each; an item cannot be cut); the large
+requests' calls run in their low-priority thread (all stages share the cores:
+under saturation escalated requests wait longer than with one stage; see
+docs/serve.md).
 """
 
 from __future__ import annotations
@@ -226,12 +227,9 @@ class _Scheduler:
     large request runs in a batch of its own: its long texts never pad out a
     batch of short ones (the encoder pads a batch to its longest text).
 
-    Between the two: the next batch is small unless the large requests are owed
-    a turn, which they are when the last batch was small while one of them
-    waited. While both wait, batches alternate: a small request waits at most
-    for the batch in flight and one part of a large request, however many large
-    requests are admitted; and large requests get at least every second batch,
-    so none starves. Requests whose caller has gone (their future is done) are
+    The two kinds are taken apart (``take("small")``, ``take("large")``), by
+    two workers that run side by side: small requests never wait for a large
+    one's part. Requests whose caller has gone (their future is done) are
     dropped when the scheduler meets them: their waiting parts never run.
     """
 
@@ -243,7 +241,6 @@ class _Scheduler:
         self.large: deque[_Job] = deque()  # the ring: its head has the turn
         self.deficit: dict[_Job, int] = {}  # characters of credit of each large request
         self._turn: _Job | None = None  # the large request credited for the turn it holds
-        self.large_owed = False  # the last batch was small while a large request waited
 
     def add(self, job: _Job) -> None:
         """A newly admitted request (large when it runs in more than one part)."""
@@ -269,24 +266,21 @@ class _Scheduler:
             if self._turn is not None and self._turn not in self.deficit:
                 self._turn = None
 
-    def next_kind(self) -> str | None:
-        """``"small"``, ``"large"``, or None when nothing waits: what :meth:`take` would take now."""
+    def waiting(self, kind: str) -> bool:
+        """Whether a ``"small"`` or ``"large"`` request's part waits."""
         self._prune()
-        if self.large and (self.large_owed or not self.small):
-            return "large"
-        return "small" if self.small else None
+        return bool(self.small if kind == "small" else self.large)
 
-    def take(self) -> list[_Job]:
-        """The requests of the next batch (each runs its next part, ``job.parts[0]``); empty when nothing waits."""
-        kind = self.next_kind()
+    def take(self, kind: str) -> list[_Job]:
+        """The requests of the next ``"small"`` or ``"large"`` batch (each runs its next part, ``job.parts[0]``);
+        empty when none of that kind waits."""
+        if kind not in ("small", "large"):
+            raise ValueError(f"kind must be 'small' or 'large', got {kind!r}")
+        if not self.waiting(kind):
+            return []
         if kind == "large":
-            self.large_owed = False
             return [self._take_large()]
-        if kind == "small":
-            batch, _ = self._gather_small(commit=True)
-            self.large_owed = bool(self.large)
-            return batch
-        return []
+        return self._gather_small(commit=True)[0]
 
     def small_batch_full(self) -> bool:
         """Whether the small batch :meth:`take` would make now can take no more requests (so need not wait)."""
@@ -350,11 +344,11 @@ class MicroBatcher:
                  max_generalist_batch_chars: int | None = None, max_queued_chars: int | None = None,
                  generalist_stage: bool = True, max_escalated_chars: int | None = None,
                  skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None,
-                 max_part_chars: int | None = None, large_generalist_nice: int = 0) -> None:
+                 max_part_chars: int | None = None, large_nice: int = 0) -> None:
         self.run_batch = run_batch
         self.run_generalist = run_generalist
         self.generalist_stage = generalist_stage and run_generalist is not None
-        self.large_generalist_nice = large_generalist_nice
+        self.large_nice = large_nice
         self._large_executor: ThreadPoolExecutor | None = None
         self.escalations = _Escalations(metrics, max_escalated_chars, skip_generalist)
         self.run_route = run_route
@@ -371,7 +365,7 @@ class MicroBatcher:
         self._gen: dict[_Job, deque[tuple[int, Pending]]] = {}
         self._gen_large: dict[_Job, deque[tuple[int, Pending]]] = {}
         self._gen_events: dict[int, asyncio.Event] = {}  # id(ring) -> set while items wait there
-        self._work_event: asyncio.Event | None = None
+        self._work_events: dict[str, asyncio.Event] = {}  # "small" / "large" -> set when such work may wait
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -382,15 +376,16 @@ class MicroBatcher:
             return
         for t in self._tasks:  # started lazily where no lifespan ran (or the loop changed)
             t.cancel()
-        self._work_event = asyncio.Event()
+        self._work_events = {"small": asyncio.Event(), "large": asyncio.Event()}
         self._gen_events = {id(ring): asyncio.Event() for ring in (self._gen, self._gen_large)}
         self._signal_generalist()
-        if len(self.scheduler):
-            self._work_event.set()
-        self._tasks = [asyncio.create_task(self._worker(), name="manyfold-batcher")]
+        for ev in self._work_events.values():
+            ev.set()  # the workers look for themselves
+        if self._large_executor is None:  # the large requests' thread (parts and generalist calls), lower priority
+            self._large_executor = ThreadPoolExecutor(1, "manyfold-large", self._lower_priority)
+        self._tasks = [asyncio.create_task(self._worker("small"), name="manyfold-batcher"),
+                       asyncio.create_task(self._worker("large"), name="manyfold-batcher-large")]
         if self.generalist_stage:
-            if self._large_executor is None:
-                self._large_executor = ThreadPoolExecutor(1, "manyfold-large-generalist", self._lower_priority)
             self._tasks += [asyncio.create_task(self._generalist_worker(self._gen), name="manyfold-generalist"),
                             asyncio.create_task(self._generalist_worker(self._gen_large),
                                                 name="manyfold-generalist-large")]
@@ -418,20 +413,23 @@ class MicroBatcher:
                    parts=_parts(items, self.max_batch_size, self.max_part_chars), results=[None] * len(items))
         self.admission.admit(job)
         self.scheduler.add(job)
-        assert self._work_event is not None
-        self._work_event.set()
+        self._work_events["large" if len(job.parts) > 1 else "small"].set()
         self.metrics.queue_depth.set(len(self.scheduler))
         return job.future
 
     # -- the small stage (and routing) -----------------------------------------------------------
-    async def _gather(self) -> tuple[list[_Job], Any]:
-        """The next batch (see :class:`_Scheduler`) and the snapshot it runs on. A small batch that is not full
-        waits up to ``max_wait_ms`` for more requests to join."""
-        sched, event = self.scheduler, self._work_event
-        assert event is not None
+    async def _in_thread(self, kind: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a thread: the large requests' own (lower priority) for ``"large"``."""
+        if kind == "large" and self._large_executor is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._large_executor, fn, *args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def _gather(self, kind: str) -> tuple[list[_Job], Any]:
+        """The next batch of ``kind`` (see :class:`_Scheduler`) and the snapshot it runs on. A small batch that is
+        not full waits up to ``max_wait_ms`` for more requests to join."""
+        sched, event = self.scheduler, self._work_events[kind]
         while True:
-            kind = sched.next_kind()
-            if kind is None:
+            if not sched.waiting(kind):
                 event.clear()
                 await event.wait()
                 continue
@@ -443,7 +441,7 @@ class MicroBatcher:
                         await asyncio.wait_for(event.wait(), left)
                     except asyncio.TimeoutError:
                         break
-            batch = sched.take()
+            batch = sched.take(kind)
             if batch:
                 break
         first = batch[0]
@@ -451,9 +449,10 @@ class MicroBatcher:
         self.metrics.queue_depth.set(len(sched))
         return batch, snap
 
-    async def _worker(self) -> None:
+    async def _worker(self, kind: str) -> None:
+        """Runs the ``"small"`` or the ``"large"`` requests' batches, one at a time (two of these run)."""
         while True:
-            batch, snap = await self._gather()
+            batch, snap = await self._gather(kind)
             jobs = [j for j in batch if not j.future.done()]  # drop requests whose caller has gone
             if not jobs:
                 continue
@@ -469,11 +468,11 @@ class MicroBatcher:
             try:
                 if jobs[0].route:
                     assert self.run_route is not None, "this batcher was built without run_route"
-                    results = await asyncio.to_thread(self.run_route, items, snap)
+                    results = await self._in_thread(kind, self.run_route, items, snap)
                 else:
                     flags = [j.escalate for j, (a, b) in zip(jobs, spans) for _ in range(b - a)]
-                    results = await asyncio.to_thread(self.run_batch, items, flags, self.run_generalist is not None,
-                                                      snap)
+                    results = await self._in_thread(kind, self.run_batch, items, flags,
+                                                    self.run_generalist is not None, snap)
             except Exception as exc:  # run_batch returns per-item errors; this is a bug: fail the batch loudly
                 log.exception("a batch of %d requests failed", len(jobs))
                 _fail(jobs, exc)
@@ -499,7 +498,7 @@ class MicroBatcher:
             if inline:  # one stage: the generalist before any item of this batch is answered
                 assert self.run_generalist is not None
                 try:
-                    done = await asyncio.to_thread(self.run_generalist, [p for _, _, p in inline])
+                    done = await self._in_thread(kind, self.run_generalist, [p for _, _, p in inline])
                 except Exception as exc:
                     log.exception("a generalist batch of %d items failed", len(inline))
                     _fail([j for j, _, _ in inline], exc)
@@ -544,23 +543,23 @@ class MicroBatcher:
         return taken
 
     def _lower_priority(self) -> None:
-        """Run in the thread of the large requests' generalist calls: add ``large_generalist_nice`` to its
+        """Run in the large requests' thread (their parts and their generalist calls): add ``large_nice`` to its
         niceness (Linux: per thread; the compute threads it starts inherit it), so that the OS gives it the cores
         the small requests leave idle. Where that cannot be done the thread keeps the normal priority: logged,
-        and the ``manyfold_large_generalist_nice`` gauge stays 0."""
-        nice = self.large_generalist_nice
+        and the ``manyfold_large_nice`` gauge stays 0."""
+        nice = self.large_nice
         if nice <= 0:
             return
         if not sys.platform.startswith("linux"):
-            log.warning("large_generalist_nice=%d is not applied on %s (Linux only): large requests' generalist "
-                        "calls run at the normal priority", nice, sys.platform)
+            log.warning("large_nice=%d is not applied on %s (Linux only): large requests' parts and "
+                        "generalist calls run at the normal priority", nice, sys.platform)
             return
         try:
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-            self.metrics.large_generalist_nice.set(os.getpriority(os.PRIO_PROCESS, tid))
+            self.metrics.large_nice.set(os.getpriority(os.PRIO_PROCESS, tid))
         except OSError as exc:
-            log.warning("could not lower the priority of large requests' generalist calls (%s): they run at the "
+            log.warning("could not lower the priority of large requests' parts and generalist calls (%s): they run at the "
                         "normal priority", exc)
 
     async def _generalist_worker(self, ring: dict[_Job, deque[tuple[int, Pending]]]) -> None:
@@ -581,11 +580,8 @@ class MicroBatcher:
                 continue
             try:
                 pending = [e[2] for e in entries]
-                if ring is self._gen_large and self._large_executor is not None:  # its own, lower-priority thread
-                    results = await asyncio.get_running_loop().run_in_executor(self._large_executor,
-                                                                               self.run_generalist, pending)
-                else:
-                    results = await asyncio.to_thread(self.run_generalist, pending)
+                results = await self._in_thread("large" if ring is self._gen_large else "small",
+                                                self.run_generalist, pending)
             except Exception as exc:  # run_generalist returns per-item errors; this is a bug: fail loudly
                 log.exception("a generalist batch of %d items failed", len(entries))
                 _fail([e[0] for e in entries], exc)

@@ -54,10 +54,11 @@ class ServeConfig:
       one request's items that may go to the generalist (its first escalated
       item always may); its other escalated items keep the experts' answer,
       flagged ``degraded`` (reason ``escalation_budget: ...``);
-      ``large_generalist_nice``: large requests' escalated items go to the
-      generalist in a thread of their own whose niceness is raised by this much
-      (Linux; 0: the normal priority), so their long texts take the cores small
-      requests leave idle instead of sharing them evenly.
+      ``large_nice``: large requests (more than one part) run in a thread of
+      their own, their parts and their escalated items, whose niceness is raised
+      by this much (Linux; 0: the normal priority), so their long texts take the
+      cores small requests leave idle instead of sharing them evenly, and a small
+      request never waits for a large one's part.
     - Slow clients: ``header_timeout_s`` (a request's headers must have arrived
       this long after its first byte, or after the connection opened; the
       connection is closed), ``body_timeout_s`` (the whole body, from the end
@@ -119,7 +120,7 @@ class ServeConfig:
     max_part_chars: int = 1_024
     max_generalist_batch_chars: int = 1_024
     max_escalated_chars: int = 2_048
-    large_generalist_nice: int = 10
+    large_nice: int = 10
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 2048
@@ -156,10 +157,10 @@ class ServeConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (f != "max_wait_ms" and v == 0):
                 raise ConfigError(f"ServeConfig.{f} must be a positive number, got {v!r}")
-        if not isinstance(self.large_generalist_nice, int) or isinstance(self.large_generalist_nice, bool) \
-                or not 0 <= self.large_generalist_nice <= 19:
-            raise ConfigError("ServeConfig.large_generalist_nice must be an integer from 0 (the normal priority) "
-                              f"to 19, got {self.large_generalist_nice!r}")
+        if not isinstance(self.large_nice, int) or isinstance(self.large_nice, bool) \
+                or not 0 <= self.large_nice <= 19:
+            raise ConfigError("ServeConfig.large_nice must be an integer from 0 (the normal priority) "
+                              f"to 19, got {self.large_nice!r}")
         if self.max_part_chars > self.max_batch_chars:
             raise ConfigError(f"ServeConfig.max_part_chars ({self.max_part_chars:,}) must be at most max_batch_chars "
                               f"({self.max_batch_chars:,}): a part of a large request runs in one batch")

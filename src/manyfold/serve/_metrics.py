@@ -50,9 +50,9 @@ class ServeMetrics:
                                                   "escalated items per generalist call", buckets=_SIZES, registry=r)
         self.generalist_queue_depth = pc.Gauge("manyfold_generalist_queue_depth",
                                                "escalated items waiting for the generalist", registry=r)
-        self.large_generalist_nice = pc.Gauge(
-            "manyfold_large_generalist_nice", "niceness the thread of large requests' generalist calls runs at "
-            "(0 where large_generalist_nice is 0 or could not be applied: see the log)", registry=r)
+        self.large_nice = pc.Gauge(
+            "manyfold_large_nice", "niceness the large requests' thread (their parts and generalist calls) runs at "
+            "(0 where large_nice is 0 or could not be applied: see the log)", registry=r)
         self.in_flight = pc.Gauge("manyfold_requests_in_flight", "predict and route requests accepted and not yet answered",
                                   registry=r)
         self.items = pc.Counter("manyfold_items", "items answered", registry=r)
