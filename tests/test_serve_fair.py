@@ -262,3 +262,23 @@ def test_large_nice_and_max_part_chars_are_checked():
         ServeConfig(assembly="x", large_nice=20)
     with pytest.raises(ConfigError, match=r"max_part_chars \(5,000\) must be at most max_batch_chars \(4,096\)"):
         ServeConfig(assembly="x", max_part_chars=5000)
+
+
+def test_the_server_runs_numpy_blas_on_one_thread():
+    """BLAS's worker threads were started at the main thread's priority: a large request's numpy work, called from
+    its lower-priority thread, ran on them at the normal priority. The server keeps BLAS on one thread."""
+    import subprocess
+
+    pytest.importorskip("threadpoolctl")
+    code = ("from threadpoolctl import threadpool_info\n"
+            "from manyfold._threads import single_threaded_blas\n"
+            "blas = lambda: [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "import numpy\n"
+            "print(blas())\n"
+            "print(single_threaded_blas())\n"
+            "print(blas())\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, said, after = out.stdout.strip().splitlines()
+    assert before == "[2]" and said == "numpy BLAS: 1 thread" and after == "[1]"

@@ -18,7 +18,7 @@ import os
 
 from ._exceptions import ConfigError
 
-__all__ = ["set_threads", "thread_budget", "describe_threads"]
+__all__ = ["set_threads", "thread_budget", "describe_threads", "single_threaded_blas"]
 
 _budget: int | None = None
 
@@ -68,6 +68,26 @@ def set_threads(n: int) -> int:
     else:
         torch.set_num_threads(n)
     return n
+
+
+def single_threaded_blas() -> str:
+    """Limit numpy's BLAS (OpenBLAS, MKL, ...) to one thread for the rest of the process; says what was done.
+
+    For the server: its numpy work (heads, router, out-of-scope features) is on small matrices, while
+    BLAS's worker threads were started by the main thread, at its priority, and wait spinning after
+    each call. A large request's numpy work, called from its lower-priority thread, then ran on those
+    normal-priority workers (measured under the hostile mix: 42% of a core at normal priority). One
+    thread keeps each call in its caller's thread, at its caller's priority. Needs ``threadpoolctl``
+    (the ``serve`` extra); without it nothing changes and the answer says so.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "numpy BLAS threads unchanged (threadpoolctl is not installed: pip install 'manyfold[serve]')"
+    import numpy  # noqa: F401 - its BLAS must be loaded to be limited
+
+    threadpool_limits(1, user_api="blas")
+    return "numpy BLAS: 1 thread"
 
 
 def describe_threads() -> str:

@@ -41,7 +41,9 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
     intra-op pool and every onnxruntime session; default ``MANYFOLD_THREADS``, else
     the cores); 1 is much faster on a machine whose cores are shared with other
     jobs, where spinning thread pools wait on descheduled threads. The budget is
-    logged at start.
+    logged at start. numpy's BLAS runs on one thread in the server
+    (:func:`~manyfold._threads.single_threaded_blas`: its worker threads would run a large
+    request's numpy work at the normal priority).
     ``keep_alive_s``: how long idle HTTP keep-alive connections stay open.
     Slow clients: uvicorn runs with :func:`~manyfold.serve._conn.guarded_h11_protocol`
     (``header_timeout_s``, ``max_connections`` of the config; the app enforces
@@ -58,12 +60,13 @@ def serve_main(name: str, host: str = "127.0.0.1", port: int = 8000, registry: s
 
         opts["trust_remote"] = trust_remote()
     config = ServeConfig(assembly=name, registry_root=registry, **opts)
-    from .._threads import describe_threads, set_threads
+    from .._threads import describe_threads, set_threads, single_threaded_blas
 
     if threads is not None:
         set_threads(threads)
+    blas = single_threaded_blas()  # large requests' numpy work stays in their lower-priority thread
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("manyfold.serve").info("%s", describe_threads())
+    logging.getLogger("manyfold.serve").info("%s; %s", describe_threads(), blas)
     if ray:
         from ._ray import run_ray
 
