@@ -282,3 +282,40 @@ def test_the_server_runs_numpy_blas_on_one_thread():
     assert out.returncode == 0, out.stderr
     before, said, after = out.stdout.strip().splitlines()
     assert before == "[2]" and said == "numpy BLAS: 1 thread" and after == "[1]"
+
+
+def test_an_escalated_items_wait_for_the_generalist_is_timed():
+    """The generalist stage's queue is timed: in the answer (``timings_ms["generalist_queue"]``) and the metrics."""
+    gate = threading.Event()
+
+    class Answer:
+        def __init__(self, item):
+            self.item, self.timings_ms = item, {"generalist": 1.0}
+
+    def run_batch(items, flags, defer=False, snap=None):
+        return [Pending(None, None, 0, i, {}) for i in items]
+
+    def run_generalist(pending):
+        if pending[0].item == "first":
+            assert gate.wait(10)
+        return [Answer(p.item) for p in pending]
+
+    async def go():
+        metrics = ServeMetrics()
+        b = MicroBatcher(run_batch, metrics, max_batch_size=64, max_wait_ms=1, max_queue=8,
+                         run_generalist=run_generalist)
+        first = b.submit(["first"])
+        await asyncio.sleep(0.05)
+        second = b.submit(["second"])  # waits for the held call
+        await asyncio.sleep(0.2)
+        gate.set()
+        got = await asyncio.wait_for(asyncio.gather(first, second), 5)
+        await b.stop()
+        return got, metrics
+
+    (a, b_), metrics = asyncio.run(go())
+    assert a[0][0].timings_ms["generalist_queue"] < 100  # called at once
+    assert b_[0][0].timings_ms["generalist_queue"] >= 150  # waited for the held call
+    count = next(s.value for s in metrics.stage_latency.collect()[0].samples
+                 if s.name.endswith("_count") and s.labels.get("stage") == "generalist_queue")
+    assert count == 2

@@ -119,6 +119,7 @@ class _Job:
     queued: float | None = None  # seconds before its first part started
     remaining: int = 0  # escalated items waiting for the generalist
     escalated_chars: int = 0  # characters of its items sent to the generalist (max_escalated_chars)
+    gen_since: dict[int, float] = field(default_factory=dict)  # item index -> when it began to wait for the generalist
     snap: Any = None  # the (assembly, version) its first part ran on: every later part runs on it too
     large: bool = False  # runs in more than one part (admitted within half of max_queued_chars)
 
@@ -493,6 +494,7 @@ class MicroBatcher:
                     if self.generalist_stage:
                         j.remaining += 1
                         (self._gen_large if j.large else self._gen).setdefault(j, deque()).append((k, p))
+                        j.gen_since[k] = time.perf_counter()
                     else:
                         inline.append((j, k, p))
             if inline:  # one stage: the generalist before any item of this batch is answered
@@ -578,6 +580,10 @@ class MicroBatcher:
             self.metrics.generalist_queue_depth.set(self._gen_waiting())
             if not entries:
                 continue
+            now = time.perf_counter()
+            waits = [now - job.gen_since.pop(k, now) for job, k, _ in entries]  # in this stage's queue
+            for w in waits:
+                self.metrics.stage_latency.labels("generalist_queue").observe(w)
             try:
                 pending = [e[2] for e in entries]
                 results = await self._in_thread("large" if ring is self._gen_large else "small",
@@ -586,7 +592,9 @@ class MicroBatcher:
                 log.exception("a generalist batch of %d items failed", len(entries))
                 _fail([e[0] for e in entries], exc)
                 continue
-            for (job, k, _), r in zip(entries, results):
+            for (job, k, _), r, w in zip(entries, results, waits):
+                if isinstance(getattr(r, "timings_ms", None), dict):  # the answer's own copy (one per item)
+                    r.timings_ms["generalist_queue"] = round(1e3 * w, 4)
                 job.results[k] = r
                 job.remaining -= 1
                 if job.remaining == 0 and not job.parts:
