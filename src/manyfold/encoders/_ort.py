@@ -272,16 +272,15 @@ class OrtSentenceEncoder(TextEncoder):
     def _session_here(self) -> Any:
         """The session for the calling thread's priority: a thread that runs at a lower priority (the server's
         worker for large requests) gets a session of its own whose pool threads share that priority, instead of
-        running its work on the pool of a normal-priority thread."""
-        session = self._load()[0]
+        running its work on the pool of a normal-priority thread. (Call after :meth:`_load`.)"""
         nice = _thread_nice()
         found = self._sessions.get(nice)
-        if found is not None:
-            return found
-        with self._lock:
-            if nice not in self._sessions:
-                self._sessions[nice] = self._new_session(self._folder)
-            return self._sessions.get(nice, session)
+        if found is None:
+            with self._lock:
+                if nice not in self._sessions:
+                    self._sessions[nice] = self._new_session(self._folder)
+                found = self._sessions[nice]
+        return found
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, dim)`` float32 matrix (unit rows if ``normalize``)."""

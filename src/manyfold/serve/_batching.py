@@ -414,7 +414,7 @@ class MicroBatcher:
                    parts=_parts(items, self.max_batch_size, self.max_part_chars), results=[None] * len(items))
         self.admission.admit(job)
         self.scheduler.add(job)
-        self._work_events["large" if len(job.parts) > 1 else "small"].set()
+        self._work_events["large" if job.large else "small"].set()  # (admit decided which)
         self.metrics.queue_depth.set(len(self.scheduler))
         return job.future
 
