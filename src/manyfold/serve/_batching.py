@@ -121,7 +121,10 @@ class _Job:
     escalated_chars: int = 0  # characters of its items sent to the generalist (max_escalated_chars)
     gen_since: dict[int, float] = field(default_factory=dict)  # item index -> when it began to wait for the generalist
     snap: Any = None  # the (assembly, version) its first part ran on: every later part runs on it too
-    large: bool = False  # runs in more than one part (admitted within half of max_queued_chars)
+    large: bool = field(init=False)  # runs in more than one part (admitted within half of max_queued_chars)
+
+    def __post_init__(self) -> None:
+        self.large = len(self.parts) > 1  # decided once, here: admission, scheduler and workers read it
 
     def span(self) -> tuple[int, int]:
         return self.parts[0]
@@ -150,7 +153,7 @@ class _Admission:
             self.metrics.rejected.labels("queue_full").inc()
             raise QueueFullError(f"the request queue is full ({self.max_queue} requests admitted, max_queue); "
                                  "retry later")
-        large = len(job.parts) > 1
+        large = job.large
         if self.max_queued_chars is not None and self.jobs:
             if self.work + job.work > self.max_queued_chars:
                 self.metrics.rejected.labels("work_full").inc()
@@ -166,7 +169,6 @@ class _Admission:
         self.work += job.work
         if large:
             self.large_work += job.work
-            job.large = True
         job.future.add_done_callback(lambda _f, j=job: self.release(j))  # answered, failed or given up
 
     def release(self, job: _Job) -> None:
@@ -244,8 +246,8 @@ class _Scheduler:
         self._turn: _Job | None = None  # the large request credited for the turn it holds
 
     def add(self, job: _Job) -> None:
-        """A newly admitted request (large when it runs in more than one part)."""
-        if len(job.parts) > 1:
+        """A newly admitted request (``job.large``: it runs in more than one part)."""
+        if job.large:
             self.large.append(job)
             self.deficit[job] = 0
         else:
@@ -414,7 +416,7 @@ class MicroBatcher:
                    parts=_parts(items, self.max_batch_size, self.max_part_chars), results=[None] * len(items))
         self.admission.admit(job)
         self.scheduler.add(job)
-        self._work_events["large" if job.large else "small"].set()  # (admit decided which)
+        self._work_events["large" if job.large else "small"].set()
         self.metrics.queue_depth.set(len(self.scheduler))
         return job.future
 
