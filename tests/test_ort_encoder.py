@@ -225,19 +225,23 @@ def test_the_thread_budget_reaches_torch_and_new_sessions(tiny_model, monkeypatc
         thread_budget()
 
 
-def test_an_assembly_on_runtime_onnx_exports_for_the_edge_with_the_same_vectors(tiny_model, tiny_ds, tmp_path):
+def test_an_assembly_on_runtime_onnx_exports_for_the_edge_with_the_same_vectors(tiny_model, tiny_ds, tmp_path,
+                                                                                monkeypatch):
     import importlib.util
 
     pytest.importorskip("tokenizers")
-    from manyfold.export import export_assembly
+    from manyfold.export import _onnx, export_assembly
 
     spec = importlib.util.spec_from_file_location("edge_runner", Path(__file__).resolve().parents[1] / "docs" / "edge_runner.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     asm = manyfold.assemble(tiny_ds, encoder=f"st:{tiny_model}?runtime=onnx,quantize=int8", generalist=None, cache=False)
+    monkeypatch.setattr(_onnx, "export_sentence_encoder", lambda *a: pytest.fail("exported again: not a copy"))
     folder = export_assembly(asm, tmp_path / "edge")
     meta = json.loads((folder / "assembly.json").read_text())
     assert meta["encoder"]["id"] == asm.encoder.id and meta["encoder"]["int8"] == "dynamic"
+    runs = asm.encoder.exported()[0]  # the graph the encoder runs, copied as it is
+    assert (folder / "encoder.onnx").read_bytes() == (runs / "encoder.onnx").read_bytes()
     texts = list(tiny_ds.split("test").items)[:40]
     model = runner.load(folder)
     # one text at a time: int8 scales activations per batch, so a vector depends on its batch's other texts

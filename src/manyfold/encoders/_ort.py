@@ -184,6 +184,13 @@ class OrtSentenceEncoder(TextEncoder):
         """``"none"`` (fp32) or ``"int8"``."""
         return self._quantize
 
+    def exported(self) -> tuple[Path, dict[str, Any]]:
+        """The folder of the graph this encoder runs (``encoder.onnx``, ``tokenizer.json``; exported on first
+        use) and its description (``meta.json``: the edge export's encoder entry, plus ``quantize``)."""
+        self._load()
+        assert self._folder is not None
+        return self._folder, dict(self._meta)
+
     @property
     def torch_encoder(self) -> SentenceTransformerEncoder:
         """The same model on PyTorch (what the graph is exported from; fp32 gives its vectors)."""

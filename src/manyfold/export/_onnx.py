@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import shutil
 import tempfile
 import time
 import warnings
@@ -438,6 +439,11 @@ def _check_encoder(path: Path, ids: np.ndarray, mask: np.ndarray, want: np.ndarr
         raise ArtifactError(f"the exported encoder {str(path)!r} differs from the library's by {err:.2e} on a probe batch")
 
 
+#: the keys of an exported sentence encoder's entry in ``assembly.json`` (:func:`export_sentence_encoder`)
+_ENCODER_ENTRY = ("kind", "spec", "id", "dim", "file", "tokenizer", "max_length", "pad_id", "pad_token", "prefix",
+                  "normalize", "pooling")
+
+
 def _export_encoder(encoder: Any, folder: Path, mode: str | None) -> dict[str, Any]:
     from ..encoders import HashingEncoder, OnnxMiniLMEncoder, OrtSentenceEncoder, SentenceTransformerEncoder
 
@@ -446,9 +452,17 @@ def _export_encoder(encoder: Any, folder: Path, mode: str | None) -> dict[str, A
         return _hashing_entry(enc)
     if isinstance(enc, OnnxMiniLMEncoder):
         return {**_export_minilm_onnx(enc, folder), "int8": "weights"}  # its weights ship int8 already
-    if isinstance(enc, OrtSentenceEncoder):  # runtime=onnx: the same graph its runtime exports (int8 the same way)
-        entry = {**export_sentence_encoder(enc.torch_encoder, folder), "spec": enc.spec, "id": enc.id}
-        mode = "dynamic" if enc.quantize == "int8" else mode
+    if isinstance(enc, OrtSentenceEncoder):  # runtime=onnx: a copy of the graph it runs (its int8 one as it is)
+        src, meta = enc.exported()
+        missing = [k for k in _ENCODER_ENTRY if k not in meta]
+        if missing:
+            raise ArtifactError(f"{str(src / 'meta.json')!r} lacks {missing}: delete {str(src)!r} and encode once to "
+                                "export the model again")
+        for name in ("encoder.onnx", "tokenizer.json"):  # (folder is the export's temporary folder: atomic)
+            shutil.copyfile(src / name, folder / name)
+        entry = {k: meta[k] for k in _ENCODER_ENTRY} | {"spec": enc.spec, "id": enc.id}
+        if enc.quantize == "int8":
+            return {**entry, "int8": "dynamic"}
     elif isinstance(enc, SentenceTransformerEncoder):
         entry = export_sentence_encoder(enc, folder)
     else:
