@@ -47,3 +47,18 @@ def pyplot() -> Any:
     except ImportError:
         return None
     return plt
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """fp32 GFLOP/s of a 2,048^2 matrix multiply with torch's current thread count."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9)
+    return best

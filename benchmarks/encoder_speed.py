@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment  # noqa: E402
+from _common import environment, matmul_peak  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -46,21 +46,6 @@ PATHS = {"torch": "", "onnx": "runtime=onnx", "onnx-int8": "runtime=onnx,quantiz
 
 def spec(model: str, path: str) -> str:
     return model + (":" + PATHS[path] if PATHS[path] else "")
-
-
-def matmul_peak(seconds: float = 3.0) -> float:
-    """fp32 GFLOP/s of a 2,048^2 matrix multiply with torch's current thread count."""
-    import torch
-
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def model_dir(model: str) -> Path:
