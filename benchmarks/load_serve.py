@@ -259,11 +259,42 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
             **({"offered_rps": round(rate, 1)} if rate else {})}
 
 
-def server_batches(base: str) -> dict[str, float]:
+def server_batches(base: str) -> dict[str, Any]:
+    """The server's counters this benchmark reads from ``/metrics``: small-stage batches, and the generalist
+    stage's calls (items per call and seconds per call, as cumulative histogram buckets)."""
     text = httpx.get(base + "/metrics", timeout=10).text
     get = lambda name: sum(float(m) for m in re.findall(rf"^{name} ([0-9.eE+-]+)$", text, re.M))  # noqa: E731
+
+    def buckets(pattern: str) -> dict[float, float]:
+        return {float(le): float(v) for le, v in re.findall(pattern, text, re.M) if le != "+Inf"}
+
     n, s = get("manyfold_batch_size_items_count"), get("manyfold_batch_size_items_sum")
-    return {"batches": n, "mean_batch_items": round(s / n, 2) if n else 0.0}
+    return {"batches": n, "mean_batch_items": round(s / n, 2) if n else 0.0,
+            "gen_calls": get("manyfold_generalist_batch_size_items_count"),
+            "gen_items": get("manyfold_generalist_batch_size_items_sum"),
+            "gen_size_buckets": buckets(r'^manyfold_generalist_batch_size_items_bucket\{le="([^"]+)"\} ([0-9.eE+-]+)$'),
+            "gen_time_buckets": buckets(r'^manyfold_stage_duration_seconds_bucket\{le="([^"]+)",stage="generalist"\} '
+                                        r'([0-9.eE+-]+)$')}
+
+
+def generalist_calls(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """The generalist stage's calls between two :func:`server_batches` readings: how many, their items, the
+    bucket bound of the largest (items) and of the slowest and the 99th-percentile call (seconds)."""
+    calls = after["gen_calls"] - before["gen_calls"]
+    if calls <= 0:
+        return None
+
+    def bound(key: str, share: float) -> float | None:  # the smallest bucket bound holding ``share`` of the calls
+        for le in sorted(after[key]):
+            if after[key][le] - before[key].get(le, 0.0) >= share * calls - 1e-9:
+                return le
+        return None  # beyond the largest bucket
+
+    items = after["gen_items"] - before["gen_items"]
+    return {"calls": int(calls), "items": int(items), "mean_items": round(items / calls, 2),
+            "largest_items_at_most": bound("gen_size_buckets", 1.0),
+            "p99_seconds_at_most": bound("gen_time_buckets", 0.99),
+            "slowest_seconds_at_most": bound("gen_time_buckets", 1.0)}
 
 
 def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching: bool, swap: bool,
@@ -304,6 +335,9 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
         n = after["batches"] - before["batches"]
         res["server_mean_batch_items"] = round(n and (after["mean_batch_items"] * after["batches"]
                                                        - before["mean_batch_items"] * before["batches"]) / n, 2)
+        gen = generalist_calls(before, after)
+        if gen is not None:
+            res["generalist_calls"] = gen  # the generalist stage during the measured run (not the warm-up)
         res["startup_seconds"] = round(startup, 1)
         if single is not None:
             res["escalated_alone"] = single
@@ -629,6 +663,14 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
                               f"requests alone on the idle server ({one['p50_ms']} ms; {one['escalated']} of them "
                               f"escalated): {pc['p99_ms'] / one['p50_ms']:.2f}x, {pc['failed']} failed (target <= 3x, "
                               f"0 failed: {'holds' if ok else 'NOT met'})")
+        for name, pc in result["phases"].items():
+            g = pc.get("generalist_calls")
+            if g and "offered_rps" in pc:
+                checks.append(f"{name}: the generalist stage made {g['calls']} calls for {g['items']} escalated items "
+                              f"(mean {g['mean_items']} per call, the largest at most {g['largest_items_at_most']} "
+                              f"items); 99% of calls took at most {g['p99_seconds_at_most']} s, the slowest at most "
+                              f"{g['slowest_seconds_at_most']} s (histogram bucket bounds; an item waits for its "
+                              "whole call)")
         if result.get("speed") and result["phases"].get("batched"):
             b = result["phases"]["batched"]
             share = b["throughput_rps"] / off["throughput_items_per_s"]
