@@ -46,6 +46,10 @@ must-show 4): the closed loop must answer >= 90% of offline throughput; before t
 idle server, 50 escalated texts (texts the offline run escalated) are sent one at a time, and the paced
 run's p99 must be at most 3x their median latency; no failed request apart from documented 503s.
 
+Every run sends the same list of texts: the test split in a seeded random order (``--order shuffled``, the
+default: any slice holds the split's mix, 18% out of scope, intents interleaved), or in the file's order
+(``--order dataset``: grouped by intent, out-of-scope items last; results before 2026-12-06 used it).
+
 A closed loop of N clients obeys Little's law: mean latency = N / throughput.
 With 64 clients, p99 <= 250 ms needs at least 256 answered requests per
 second; the report prints that bound next to the measured numbers.
@@ -554,6 +558,18 @@ async def with_hostile_mix(args: argparse.Namespace, base: str, texts: list[str]
     return res
 
 
+def request_texts(items: Any, order: str, seed: int) -> list[str]:
+    """The texts every run sends, in this order (offline, closed loop, paced: the same list, so a paced rate
+    that is a share of offline throughput is a share of the same work). ``shuffled``: CLINC150's test split
+    in a seeded random order, so any slice holds the split's mix (18% out-of-scope, intents interleaved);
+    ``dataset``: the file's order, grouped by intent with the out-of-scope items last (a run of 2,000
+    requests then sends 13 intents' worth of near-identical questions in a row, and no out-of-scope item)."""
+    texts = list(items)
+    if order == "dataset":
+        return texts
+    return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
+
+
 def offline(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
     import manyfold
 
@@ -609,6 +625,12 @@ def _loadavg(v: Any) -> str:
     return ", ".join(f"{x:.2f}" for x in v) if v else "not recorded"
 
 
+def _order(result: dict[str, Any]) -> str:
+    if result.get("order", "dataset") == "dataset":
+        return "in the file's order (grouped by intent, out-of-scope items last)"
+    return f"in a random order (seed {result.get('seed')}; --order dataset sends them in the file's order)"
+
+
 def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -630,7 +652,7 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
           f"- load average (1, 5, 15 min) at start: {_loadavg(result['machine'].get('loadavg_at_start'))}"
           + (f"; at end: {_loadavg(result['machine']['loadavg_at_end'])}" if 'loadavg_at_end' in result['machine'] else ""),
-          f"- **{result['note']}**", f"- thread budget (servers and offline run): {result['server_threads'] or 'every core (the default)'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
+          f"- **{result['note']}**", f"- request texts: CLINC150 test split, {_order(result)}", f"- thread budget (servers and offline run): {result['server_threads'] or 'every core (the default)'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
           f"CLINC150 test texts, one keep-alive HTTP/1.1 connection per client (asyncio streams), 127.0.0.1", "", *rows, ""]
     if off:
         md.append(f"Offline `asm.predict` on batches of {off['batch_size']} (same texts, no HTTP): "
@@ -753,6 +775,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--route-items", type=int, default=256)
     p.add_argument("--dense-chars", type=int, default=384,
                    help="maximal run: characters per dense item (mpnet reads 384 tokens)")
+    p.add_argument("--order", choices=("shuffled", "dataset"), default="shuffled",
+                   help="the test texts in a seeded random order (the split's mix of intents and out-of-scope items "
+                        "throughout), or in the file's order (grouped by intent, out-of-scope items last)")
+    p.add_argument("--seed", type=int, default=0, help="the shuffle's seed (--order shuffled)")
     p.add_argument("--note", default="", help="a line printed in the report (e.g. what else ran on the machine)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--suffix", default="", help="result files: serve_load<suffix>.json / .md")
@@ -768,13 +794,14 @@ def main(argv: list[str] | None = None) -> None:
     args.bench_registry = bench_registry(args)
     import manyfold
 
-    texts = list(manyfold.load_dataset("clinc150", args.data_dir).split("test").items)
+    texts = request_texts(manyfold.load_dataset("clinc150", args.data_dir).split("test").items, args.order, args.seed)
     runs = args.runs.split(",")
     result: dict[str, Any] = {
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "note": (args.note + "; " if args.note else "") + "the load generator runs on the same cores as the server",
         "assembly": args.name, "concurrency": args.concurrency, "server_threads": args.server_threads, "phases": {},
+        "order": args.order, "seed": args.seed,
         "speed": args.speed}
     if "offline" in runs:
         print("running offline ...", flush=True)

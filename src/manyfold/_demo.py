@@ -90,12 +90,17 @@ def _saved_demo(reg: Registry, name: str, key: str, log: Callable[[str], None]) 
 def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist: str | None = None,
              encoder: str | None = None,
              registry: Registry | None = None, split: str = "test", log: Callable[[str], None] = print,
-             config: AssemblyConfig = AssemblyConfig(), retrain: bool = False) -> dict[str, Any]:
+             config: AssemblyConfig = AssemblyConfig(), retrain: bool = False,
+             compare_big: bool = False) -> dict[str, Any]:
     """Assemble CLINC150 with defaults, evaluate on ``split``, compare, save; returns the results.
 
     ``encoder`` / ``generalist``: the routing encoder's and the generalist's specs (default: MiniLM and
-    the big model). Every model pass (train, val and ``split``, every model) runs first under one
-    progress line with one ETA; the vectors are cached. A later run with the same encoders and settings
+    the big model). The model passes of the job (the small model on train, val and ``split``; the big
+    model on train and val, where it is trained and calibrated) run first under one progress line with
+    one ETA; the vectors are cached. The big model then encodes only the ``split`` items the assembly
+    escalates (the items it can be asked about). ``compare_big=True`` adds the row of the big generalist
+    alone, which needs the big model on every ``split`` item (it is added anyway when the generalist runs
+    on the routing encoder, whose vectors are at hand). A later run with the same encoders and settings
     (:func:`demo_key`) loads the assembly the earlier one saved under ``name`` instead of training it
     again (``retrain=True`` trains and saves a new version), and evaluates and compares it anew; with
     an encoder that is not built in (a local model folder or a hub id) it always trains.
@@ -107,13 +112,18 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
         log(f"note: {note}")
     log("loading CLINC150 ...")
     ds = load_dataset("clinc150", data_dir)
+    big_row = compare_big or gen_spec == enc_spec
     log(f"assembling: {len(ds.domains)} experts on MiniLM, a linear router, generalist on {gen_spec!r} "
-        "(first run encodes every utterance; later runs read the embedding cache)")
-    # one progress line for every model pass of the job (train, val and the test split evaluated below)
+        f"(first run encodes the utterances; later runs read the embedding cache)")
+    if not big_row:
+        log(f"the big model encodes train and val, and of the {split} split only what the assembly escalates; "
+            "`manyfold demo --compare-big` adds the big generalist alone (the big model on the whole split)")
+    # one progress line for the model passes of the job (the small model on the split evaluated below too)
     store = EmbeddingCache()
-    every = [it for sp in ("train", "val", split) for it in ds.split(sp).items]
+    fitting = [it for sp in ("train", "val") for it in ds.split(sp).items]
+    every = [*fitting, *ds.split(split).items]
     encode_ahead([(cached_encoder(get_encoder(enc_spec), store), every),
-                  (cached_encoder(get_encoder(gen_spec), store), every)], log=log)
+                  (cached_encoder(get_encoder(gen_spec), store), every if big_row else fitting)], log=log)
     reg = registry or Registry()
     key = demo_key(enc_spec, gen_spec, config)
     # only built-in encoders: loading an assembly on a local model folder or hub id asks for the user's opt-in
@@ -126,6 +136,10 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     else:
         asm = assemble(ds, encoder=enc_spec, generalist=gen_spec, config=config, show_progress=True, cache=store)
     s = ds.split(split)
+    if not big_row and hasattr(asm.generalist, "encoder_"):  # the items the generalist is asked about, under a line of their own
+        asked = asm.small_pass(asm.encoder.encode(list(s.items)), items=list(s.items)).escalated
+        log(f"the assembly escalates {int(asked.sum()):,} of the {len(asked):,} {split} items to the generalist")
+        encode_ahead([(asm.generalist.encoder_, [s.items[i] for i in np.nonzero(asked)[0]])], log=log)
     rows = []
     for esc in (False, True):
         rep = evaluate(asm, s.items, s.labels, escalate=esc)
@@ -141,9 +155,10 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
     rows.insert(0, _flat_row("flat small (MiniLM, one head)", flat.labels_, flat.scores, X_val, va.labels,
                              X_test, s.labels, config))
     g = asm.generalist  # trained on the same items, its out-of-scope class included: p(out_of_scope) is its score
-    rows.insert(1, _flat_row(f"big generalist alone ({gen_spec})", g.labels_[g.labels_ != OOS_LABEL],
-                             lambda X: split_oos(g.predict_proba_features(X), g.labels_, OOS_LABEL)[1:],
-                             g.encode(list(va.items)), va.labels, g.encode(list(s.items)), s.labels, config))
+    if big_row:
+        rows.insert(1, _flat_row(f"big generalist alone ({gen_spec})", g.labels_[g.labels_ != OOS_LABEL],
+                                 lambda X: split_oos(g.predict_proba_features(X), g.labels_, OOS_LABEL)[1:],
+                                 g.encode(list(va.items)), va.labels, g.encode(list(s.items)), s.labels, config))
     if saved is None:
         version = reg.save(asm, name, note="manyfold demo", extra={"dataset": "clinc150", "data_dir": data_dir,
                                                                     "domains": list(ds.domains), "demo_key": key})
@@ -151,7 +166,7 @@ def run_demo(*, data_dir: str | None = None, name: str = "clinc150", generalist:
         version = saved
     return {
         "name": name, "version": version, "registry": str(reg.root), "split": split, "trained": saved is None,
-        "generalist_encoder": gen_spec, "note": note, "rows": rows,
+        "generalist_encoder": gen_spec, "note": note, "rows": rows, "big_generalist_row": big_row,
         "calibration": asm.calibration_, "policy": {**asm.policy_.thresholds_, "fusion_weight": asm.policy_.fusion_weight_},
         "seconds": round(time.perf_counter() - t_start, 2),
     }

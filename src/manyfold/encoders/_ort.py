@@ -93,6 +93,21 @@ def length_batches(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[in
     return out
 
 
+def ort_session(path: Path) -> Any:
+    """An onnxruntime session on the process's thread budget whose idle threads sleep; its pool threads are
+    created now, by the calling thread, so they run at that thread's priority (niceness)."""
+    import onnxruntime as ort
+
+    from .._threads import thread_budget
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = thread_budget()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def onnx_model_dir(torch_encoder: SentenceTransformerEncoder, model_dir: Path, quantize: str) -> Path:
     """The exported model behind ``torch_encoder`` (whose weights are in ``model_dir``) at ``quantize``
     precision, exported on first use: the edge export's graph (transformer + mean pooling + L2
@@ -240,18 +255,7 @@ class OrtSentenceEncoder(TextEncoder):
             return Path(snapshot_download(st.model_name))
 
     def _new_session(self, folder: Path) -> Any:
-        """An onnxruntime session on the process's thread budget; its pool threads are created now, by the
-        calling thread, so they run at that thread's priority (niceness)."""
-        import onnxruntime as ort
-
-        from .._threads import thread_budget
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = thread_budget()
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(folder / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
+        return ort_session(folder / "encoder.onnx")
 
     def _load(self) -> tuple[Any, Any, dict]:
         with self._lock:

