@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def main() -> None:
                      "assembly_in_scope_accuracy_closed": last["in_scope_accuracy_closed"],
                      "assembly_oos_auroc": last.get("oos_auroc"), "escalation_rate": last.get("escalation_rate"),
                      "generalist": res.get("generalist_encoder"), "big_generalist_row": res.get("big_generalist_row"),
-                     "encoding": [ln for ln in out.stderr.splitlines() if ln.startswith(("encoding ", "the assembly escalates"))]})
+                     "encoding": [ln for ln in out.stderr.splitlines() if re.match(r"(encoding [\d,]+ items|the assembly escalates)", ln)]})
         print(f"run {i}: {wall:.1f} s", file=sys.stderr)
     ratio = runs[0]["wall_seconds"] / runs[1]["wall_seconds"]
     same = len({r["assembly_in_scope_accuracy_closed"] for r in runs}) == 1

@@ -342,7 +342,8 @@ class OrtE5Encoder(TextEncoder):
 
     @property
     def dim(self) -> int:
-        return 384
+        """384 (the built graph's width, once built)."""
+        return int(self._meta["dim"]) if self._meta else 384
 
     def __repr__(self) -> str:
         return f"OrtE5Encoder(mode={self._mode!r})"
