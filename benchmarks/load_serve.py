@@ -112,13 +112,15 @@ def bench_registry(args: argparse.Namespace) -> str:
 
 
 def start_server(args: argparse.Namespace, port: int, micro_batching: bool, generalist_stage: bool = True,
-                 defaults: bool = False) -> subprocess.Popen:
+                 defaults: bool = False, paced: bool = False) -> subprocess.Popen:
     """The server in a subprocess; ``defaults``: the ServeConfig limits and timeouts as shipped (not the
     benchmark's ``--max-batch-size`` ... ``--request-timeout-s``)."""
     tuning = {} if defaults else dict(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                                       max_queue=args.max_queue, request_timeout_s=args.request_timeout_s)
     opts = dict(micro_batching=micro_batching, generalist_stage=generalist_stage, **tuning, log_level="warning",
                 threads=args.server_threads, version=1)
+    if args.generalist_deadline_ms is not None and micro_batching and generalist_stage and paced and not defaults:
+        opts["generalist_deadline_ms"] = args.generalist_deadline_ms
     code = (f"from manyfold.serve import serve_main; "
             f"serve_main({args.name!r}, '127.0.0.1', {port}, {args.bench_registry!r}, **{opts!r})")
     env = {**os.environ, "MANYFOLD_ADMIN_TOKEN": TOKEN}
@@ -205,6 +207,7 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
     path: list[str | None] = []  # per request: "experts" or "escalated" when answered, else None
     codes: dict[str, int] = {}
     versions: dict[str, int] = {}
+    degraded: dict[str, int] = {}  # answers flagged degraded, by the reason's first word
     nxt = 0
     arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=n)) if rate else None
     deadline = time.perf_counter() + limit
@@ -232,7 +235,11 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
                         body = json.loads(data)
                         v = str(body.get("version"))
                         versions[v] = versions.get(v, 0) + 1
-                        way = "escalated" if body["predictions"][0]["escalated"] else "experts"
+                        pred = body["predictions"][0]
+                        way = "escalated" if pred["escalated"] else "experts"
+                        if pred.get("degraded"):
+                            degraded[str(pred.get("reason", "")).split(":", 1)[0]] = \
+                                degraded.get(str(pred.get("reason", "")).split(":", 1)[0], 0) + 1
                 except OSError as exc:
                     lat.append(time.perf_counter() - t0)
                     code = type(exc).__name__
@@ -259,7 +266,7 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
     return {"by_path": by, "requests": len(lat), "ok": ok, "failed": len(lat) - ok, "status_counts": codes, "seconds": round(wall, 2),
             "throughput_rps": round(ok / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p90_ms": round(float(np.percentile(ms, 90)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
-            "versions_seen": versions, "stopped_by_time_limit": len(lat) < n, **({"reloads": side[0]} if side else {}),
+            "versions_seen": versions, "degraded": degraded, "stopped_by_time_limit": len(lat) < n, **({"reloads": side[0]} if side else {}),
             **({"offered_rps": round(rate, 1)} if rate else {})}
 
 
@@ -309,7 +316,7 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     load = os.getloadavg()  # other work on the machine shows here (the server is not started yet)
-    proc = start_server(args, port, micro_batching, generalist_stage, defaults=hostile is not None)
+    proc = start_server(args, port, micro_batching, generalist_stage, defaults=hostile is not None, paced=rate is not None)
     try:
         startup = wait_ready(proc, base, args.startup_limit)
         asyncio.run(drive(base, texts[::-1], args.warmup, args.concurrency, args.time_limit))  # warm-up, not measured
@@ -652,7 +659,8 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
           f"- load average (1, 5, 15 min) at start: {_loadavg(result['machine'].get('loadavg_at_start'))}"
           + (f"; at end: {_loadavg(result['machine']['loadavg_at_end'])}" if 'loadavg_at_end' in result['machine'] else ""),
-          f"- **{result['note']}**", f"- request texts: CLINC150 test split, {_order(result)}", f"- thread budget (servers and offline run): {result['server_threads'] or 'every core (the default)'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
+          f"- **{result['note']}**", f"- request texts: CLINC150 test split, {_order(result)}",
+          f"- generalist_deadline_ms (paced two-stage servers only): {result.get('generalist_deadline_ms') or 'none (as shipped)'}", f"- thread budget (servers and offline run): {result['server_threads'] or 'every core (the default)'}", f"- load: {result['concurrency']} concurrent clients, single-item requests on "
           f"CLINC150 test texts, one keep-alive HTTP/1.1 connection per client (asyncio streams), 127.0.0.1", "", *rows, ""]
     if off:
         md.append(f"Offline `asm.predict` on batches of {off['batch_size']} (same texts, no HTTP): "
@@ -693,6 +701,12 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
                               f"items); 99% of calls took at most {g['p99_seconds_at_most']} s, the slowest at most "
                               f"{g['slowest_seconds_at_most']} s (histogram bucket bounds; an item waits for its "
                               "whole call)")
+            if "offered_rps" in pc and (pc.get("degraded") or result.get("generalist_deadline_ms") is not None):
+                esc = (pc.get("by_path") or {}).get("escalated", {}).get("requests", 0)
+                late = (pc.get("degraded") or {}).get("generalist_deadline", 0)
+                checks.append(f"{name}: generalist_deadline_ms {result.get('generalist_deadline_ms')}: {late} of the "
+                              f"{esc} escalated answers were the experts' (degraded: the generalist had not taken "
+                              f"them in time); all degraded answers by reason: {pc.get('degraded') or {}}")
         if result.get("speed") and result["phases"].get("batched"):
             b = result["phases"]["batched"]
             share = b["throughput_rps"] / off["throughput_items_per_s"]
@@ -775,6 +789,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--route-items", type=int, default=256)
     p.add_argument("--dense-chars", type=int, default=384,
                    help="maximal run: characters per dense item (mpnet reads 384 tokens)")
+    p.add_argument("--generalist-deadline-ms", type=float, default=None,
+                   help="generalist_deadline_ms of the paced runs' two-stage servers (default: none, as shipped; the "
+                        "closed loop and the offline run never have one); the report counts the answers it degraded")
     p.add_argument("--order", choices=("shuffled", "dataset"), default="shuffled",
                    help="the test texts in a seeded random order (the split's mix of intents and out-of-scope items "
                         "throughout), or in the file's order (grouped by intent, out-of-scope items last)")
@@ -801,7 +818,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "note": (args.note + "; " if args.note else "") + "the load generator runs on the same cores as the server",
         "assembly": args.name, "concurrency": args.concurrency, "server_threads": args.server_threads, "phases": {},
-        "order": args.order, "seed": args.seed,
+        "order": args.order, "seed": args.seed, "generalist_deadline_ms": args.generalist_deadline_ms,
         "speed": args.speed}
     if "offline" in runs:
         print("running offline ...", flush=True)

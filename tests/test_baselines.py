@@ -138,8 +138,9 @@ def test_demo_flat_rows_use_the_fair_baseline(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(_demo, "load_dataset", lambda name, d: tiny)
     lines = []
     res = _demo.run_demo(data_dir=str(data_dir), encoder="hashing:dim=512", generalist="hashing:dim=1024",
-                         registry=manyfold.Registry(tmp_path / "reg"), log=lines.append)
-    # every model pass of the job ran first, under one line (train, val and test; both encoders)
+                         registry=manyfold.Registry(tmp_path / "reg"), log=lines.append, compare_big=True)
+    # with the big generalist's row every model pass of the job ran first, under one line (train, val and test;
+    # both encoders; tests/test_demo.py: without it the big model encodes the escalated test items only)
     n = len({t for s in ("train", "val", "test") for t in tiny.split(s).items})
     assert lines[-1] == f"encoding {2 * n:,} items with 2 models (hashing:dim=512: {n:,}, hashing:dim=1024: {n:,}); " \
                         "the vectors are cached for later runs"

@@ -319,3 +319,49 @@ def test_an_escalated_items_wait_for_the_generalist_is_timed():
     count = next(s.value for s in metrics.stage_latency.collect()[0].samples
                  if s.name.endswith("_count") and s.labels.get("stage") == "generalist_queue")
     assert count == 2
+
+
+def test_an_escalated_item_waits_for_the_generalist_until_the_deadline_then_gets_the_experts_answer():
+    """``generalist_deadline_ms``: while a generalist call is held, the items waiting behind it leave the queue at
+    their request's deadline with the experts' answer (``skip_generalist``), counted; the held call's own item
+    waits for its call; without a deadline every item waits."""
+    calls: list[list[str]] = []
+    skipped: list[tuple[list[str], str]] = []
+
+    def skip(pending, why):
+        skipped.append(([p.item for p in pending], why))
+        return [f"experts:{p.item}" for p in pending]
+
+    async def go(deadline_ms):
+        gen_calls: list[list[str]] = []
+        gate = threading.Event()
+        b = _recording_batcher(calls, gen_calls, gate, max_batch_size=64, skip_generalist=skip,
+                               generalist_deadline_ms=deadline_ms)
+        first = b.submit(["esc-s0"])  # its generalist call is held by the gate
+        for _ in range(500):
+            if gen_calls:
+                break
+            await asyncio.sleep(0.01)
+        t0 = asyncio.get_running_loop().time()
+        behind = [b.submit([f"esc-s{i}", "easy"]) for i in (1, 2)]
+        done = await asyncio.wait({*behind}, timeout=2)
+        waited = asyncio.get_running_loop().time() - t0
+        gate.set()
+        got = await asyncio.wait_for(asyncio.gather(first, *behind), 5)
+        m = b.metrics.generalist_deadline._value.get()
+        await b.stop()
+        return [g[0] for g in got], len(done[0]), waited, gen_calls, m
+
+    got, answered, waited, gen_calls, late = asyncio.run(go(150))
+    assert answered == 2 and 0.1 < waited < 1.5  # answered at the deadline, while the call was still held
+    assert got == [["ESC-S0"], ["experts:esc-s1", "EASY"], ["experts:esc-s2", "EASY"]]
+    assert gen_calls == [["esc-s0"]] and late == 2  # nothing late reached the generalist
+    assert sorted(i for items, _ in skipped for i in items) == ["esc-s1", "esc-s2"]
+    assert all(why.startswith("generalist_deadline: the generalist had not taken it") and "generalist_deadline_ms=150"
+               in why for _, why in skipped)
+    skipped.clear()
+    got, answered, waited, gen_calls, late = asyncio.run(go(None))
+    assert answered == 0 and got == [["ESC-S0"], ["ESC-S1", "EASY"], ["ESC-S2", "EASY"]] and not skipped and late == 0
+    assert gen_calls == [["esc-s0"], ["esc-s1", "esc-s2"]]  # gathered across requests once the held call ended
+    with pytest.raises(ValueError, match="generalist_deadline_ms needs the generalist stage and skip_generalist"):
+        _recording_batcher(calls, [], max_batch_size=64, generalist_deadline_ms=100)

@@ -596,3 +596,48 @@ def test_the_cli_passes_the_request_log_rotation(monkeypatch, tmp_path):
                                  "--request-log-backups", "0"])
     assert r.exit_code == 0, r.output
     assert (seen["request_log"], seen["request_log_max_bytes"], seen["request_log_backups"]) == (log, 1000, 0)
+
+
+def test_the_generalist_deadline_answers_late_escalations_with_the_experts_and_counts_them(asm):
+    """Over HTTP: with a generalist that takes longer than ``generalist_deadline_ms``, an escalated item waiting
+    behind its call is answered degraded with the experts' label (reason ``generalist_deadline``), counted."""
+    import copy
+
+    every = copy.copy(asm)
+    every.counters = copy.copy(asm.counters)
+    every.policy_ = asm.policy_.with_thresholds(confidence_threshold=2.0)  # every item escalates
+    gate = threading.Event()
+
+    class SlowGeneralist(RecordingGeneralist):
+        def signals(self, items):
+            gate.wait(5)
+            return super().signals(items)
+
+    every.generalist = SlowGeneralist(asm.generalist)
+    items = _texts(1, 2, "g")
+    with pytest.raises(manyfold.ConfigError, match="generalist_deadline_ms must be a positive number"):
+        ServeConfig(assembly=every, generalist_deadline_ms=0)
+    with pytest.raises(manyfold.ConfigError, match="needs micro_batching=True and generalist_stage=True"):
+        ServeConfig(assembly=every, generalist_deadline_ms=100, generalist_stage=False)
+    cfg = ServeConfig(assembly=every, generalist_deadline_ms=300, max_batch_size=1)
+    with TestClient(create_app(cfg)) as c:
+        out = {}
+
+        def ask(k):
+            out[k] = c.post("/v1/predict", json={"item": items[k]})
+
+        threads = [threading.Thread(target=ask, args=(k,)) for k in (0, 1)]
+        threads[0].start()
+        time.sleep(0.2)  # the first item's generalist call has started (and waits for the gate)
+        threads[1].start()
+        threads[1].join(5)
+        late = out[1].json()["predictions"][0]
+        gate.set()
+        threads[0].join(5)
+        first = out[0].json()["predictions"][0]
+        m = c.get("/metrics").text
+    assert late["escalated"] and late["degraded"] and late["reason"].startswith("generalist_deadline:")
+    assert late["label"] == every.predict([items[1]], escalate=False)[0].label  # the experts' answer
+    assert first["escalated"] and not first["degraded"]  # its call had started: it waited for it
+    assert every.generalist.seen == [items[0]]
+    assert _metric(m, "manyfold_generalist_deadline_items_total") == 1

@@ -848,6 +848,10 @@ def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
           generalist_stage: bool = typer.Option(True, "--generalist-stage/--one-stage",
                                                 help="escalated items wait for the generalist in a stage of their own "
                                                      "(the others are answered at once); --one-stage waits for the whole batch"),
+          generalist_deadline_ms: Optional[float] = typer.Option(
+              None, "--generalist-deadline-ms", help="an escalated item still waiting for the generalist this long after "
+                                                     "its request arrived gets the experts' answer, flagged degraded and "
+                                                     "counted (default: no deadline)"),
           allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host",
                                                            help="a Host header the server answers (repeat for more; "
                                                                 "*.example.com for subdomains, * for any); default: "
@@ -860,7 +864,8 @@ def serve(name: str = typer.Argument(..., help="registry name of the assembly"),
 
     serve_main(name, host, port, None, ray=ray, threads=threads, request_log=request_log,
                request_log_max_bytes=request_log_max_bytes, request_log_backups=request_log_backups,
-               generalist_stage=generalist_stage, console=console, **({"allowed_hosts": tuple(allowed_host)} if allowed_host else {}))
+               generalist_stage=generalist_stage, console=console, generalist_deadline_ms=generalist_deadline_ms,
+               **({"allowed_hosts": tuple(allowed_host)} if allowed_host else {}))
 
 
 @app.command("distill")

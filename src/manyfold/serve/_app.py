@@ -211,7 +211,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     if config.micro_batching:
         runner: Any = MicroBatcher(engine.run_batch, metrics, max_wait_ms=config.max_wait_ms,
                                    generalist_stage=config.generalist_stage,
-                                   large_nice=config.large_nice, **admission)
+                                   large_nice=config.large_nice,
+                                   generalist_deadline_ms=config.generalist_deadline_ms, **admission)
     else:
         runner = DirectRunner(engine.run_batch, metrics, **admission)
     token = config.resolved_admin_token()

@@ -49,7 +49,10 @@ each: a small request's escalated text never waits behind a large request's
 long ones (seconds of generalist each; an item cannot be cut); the large
 requests' calls run in their low-priority thread (all stages share the cores:
 under saturation escalated requests wait longer than with one stage; see
-docs/serve.md).
+docs/serve.md). With ``generalist_deadline_ms``, an escalated item still waiting
+there that long after its request arrived leaves the queue with the experts'
+answer, flagged degraded and counted (a timer per request; an item whose
+generalist call has started waits for it).
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class _Job:
     remaining: int = 0  # escalated items waiting for the generalist
     escalated_chars: int = 0  # characters of its items sent to the generalist (max_escalated_chars)
     gen_since: dict[int, float] = field(default_factory=dict)  # item index -> when it began to wait for the generalist
+    deadline_armed: bool = False  # its generalist deadline timer is set (generalist_deadline_ms)
     snap: Any = None  # the (assembly, version) its first part ran on: every later part runs on it too
     large: bool = field(init=False)  # runs in more than one part (admitted within half of max_queued_chars)
 
@@ -347,8 +351,13 @@ class MicroBatcher:
                  max_generalist_batch_chars: int | None = None, max_queued_chars: int | None = None,
                  generalist_stage: bool = True, max_escalated_chars: int | None = None,
                  skip_generalist: Callable[[list[Pending], str], list[Any]] | None = None,
-                 max_part_chars: int | None = None, large_nice: int = 0) -> None:
+                 max_part_chars: int | None = None, large_nice: int = 0,
+                 generalist_deadline_ms: float | None = None) -> None:
         self.run_batch = run_batch
+        self.skip_generalist = skip_generalist
+        self.gen_deadline = None if generalist_deadline_ms is None else generalist_deadline_ms / 1e3
+        if self.gen_deadline is not None and (skip_generalist is None or not (generalist_stage and run_generalist)):
+            raise ValueError("generalist_deadline_ms needs the generalist stage and skip_generalist")
         self.run_generalist = run_generalist
         self.generalist_stage = generalist_stage and run_generalist is not None
         self.large_nice = large_nice
@@ -499,6 +508,8 @@ class MicroBatcher:
                         j.gen_since[k] = time.perf_counter()
                     else:
                         inline.append((j, k, p))
+                if self.gen_deadline is not None and j.remaining:
+                    self._arm_deadline(j)
             if inline:  # one stage: the generalist before any item of this batch is answered
                 assert self.run_generalist is not None
                 try:
@@ -517,6 +528,38 @@ class MicroBatcher:
             self.metrics.generalist_queue_depth.set(self._gen_waiting())
 
     # -- the generalist stage ----------------------------------------------------------------------
+    def _arm_deadline(self, job: _Job) -> None:
+        """Set ``job``'s generalist deadline timer (once; ``generalist_deadline_ms`` after it arrived). A large
+        request's later escalated items, added when its deadline has passed, leave at once."""
+        assert self.gen_deadline is not None
+        left = job.enqueued + self.gen_deadline - time.perf_counter()
+        if left <= 0:
+            self._expire(job)
+        elif not job.deadline_armed:
+            job.deadline_armed = True
+            asyncio.get_running_loop().call_later(left, self._expire, job)
+
+    def _expire(self, job: _Job) -> None:
+        """``job``'s deadline has come: its items still waiting for the generalist (none of them in a call yet) get
+        the experts' answer, flagged degraded and counted; the request is answered if nothing else is left."""
+        q = self._gen.pop(job, None) or self._gen_large.pop(job, None)
+        if not q:
+            return
+        if job.future.done():  # the caller has gone: nobody reads these
+            return
+        assert self.skip_generalist is not None and self.gen_deadline is not None
+        now = time.perf_counter()
+        why = (f"generalist_deadline: the generalist had not taken it {1e3 * (now - job.enqueued):.0f} ms after the "
+               f"request arrived (generalist_deadline_ms={1e3 * self.gen_deadline:g}); the experts' answer")
+        for (k, _), pred in zip(q, self.skip_generalist([p for _, p in q], why)):
+            job.results[k] = pred
+            self.metrics.stage_latency.labels("generalist_queue").observe(now - job.gen_since.pop(k, now))
+        job.remaining -= len(q)
+        self.metrics.generalist_deadline.inc(len(q))
+        self.metrics.generalist_queue_depth.set(self._gen_waiting())
+        if job.remaining == 0 and not job.parts:
+            job.finish()
+
     def _gen_waiting(self) -> int:
         return sum(len(q) for q in self._gen.values()) + sum(len(q) for q in self._gen_large.values())
 

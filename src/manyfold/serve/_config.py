@@ -54,6 +54,15 @@ class ServeConfig:
       one request's items that may go to the generalist (its first escalated
       item always may); its other escalated items keep the experts' answer,
       flagged ``degraded`` (reason ``escalation_budget: ...``);
+      ``generalist_deadline_ms``: an escalated item still waiting for the
+      generalist this long after its request arrived is answered with the
+      experts' answer, flagged ``degraded`` (reason ``generalist_deadline:
+      ...``) and counted (``manyfold_generalist_deadline_items``): the
+      generalist never holds an answer the experts already have past it (an item
+      whose generalist call has started waits for that call). ``None`` (the
+      default): escalated items wait for the generalist however long it takes
+      (up to ``request_timeout_s``). A latency bound for a busy server, at the
+      cost of the generalist's accuracy on the items it misses;
       ``large_nice``: large requests (more than one part) run in a thread of
       their own, their parts and their escalated items, whose niceness is raised
       by this much (Linux; 0: the normal priority), so their long texts take the
@@ -120,6 +129,7 @@ class ServeConfig:
     max_part_chars: int = 1_024
     max_generalist_batch_chars: int = 1_024
     max_escalated_chars: int = 2_048
+    generalist_deadline_ms: float | None = None
     large_nice: int = 10
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -157,6 +167,13 @@ class ServeConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (f != "max_wait_ms" and v == 0):
                 raise ConfigError(f"ServeConfig.{f} must be a positive number, got {v!r}")
+        d = self.generalist_deadline_ms
+        if d is not None and (not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 < d < float("inf")):
+            raise ConfigError(f"ServeConfig.generalist_deadline_ms must be a positive number of milliseconds or None "
+                              f"(no deadline), got {d!r}")
+        if d is not None and not (self.micro_batching and self.generalist_stage):
+            raise ConfigError("ServeConfig.generalist_deadline_ms needs micro_batching=True and generalist_stage=True: "
+                              "escalated items wait for the generalist in a stage of their own")
         if not isinstance(self.large_nice, int) or isinstance(self.large_nice, bool) \
                 or not 0 <= self.large_nice <= 19:
             raise ConfigError("ServeConfig.large_nice must be an integer from 0 (the normal priority) "

@@ -71,6 +71,9 @@ class ServeMetrics:
         self.generalist_skipped = pc.Counter("manyfold_generalist_skipped_items",
                                              "escalated items answered by the experts (degraded) because their "
                                              "request's escalations passed max_escalated_chars", registry=r)
+        self.generalist_deadline = pc.Counter("manyfold_generalist_deadline_items",
+                                              "escalated items answered by the experts (degraded) because the "
+                                              "generalist had not taken them within generalist_deadline_ms", registry=r)
         self.rejected = pc.Counter("manyfold_rejected_requests", "requests refused or given up: queue_full, work_full, timeout, disconnected, header_timeout, connections",
                                    ["reason"], registry=r)
         self.batch_errors = pc.Counter("manyfold_batch_errors", "items that got no answer because the pipeline raised",
