@@ -367,42 +367,18 @@ class OrtE5Encoder(TextEncoder):
                 self._folder, self._tok = folder, _Tokenizer(folder)
 
     def _session_here(self) -> Any:
-        from ._ort import _thread_nice, ort_session
+        from ._ort import ort_session, session_for_thread
 
-        nice = _thread_nice()
-        found = self._sessions.get(nice)
-        if found is None:
-            with self._lock:
-                if nice not in self._sessions:
-                    assert self._folder is not None
-                    self._sessions[nice] = ort_session(self._folder / "encoder.onnx")
-                found = self._sessions[nice]
-        return found
+        assert self._folder is not None
+        folder = self._folder
+        return session_for_thread(self._sessions, self._lock, lambda: ort_session(folder / "encoder.onnx"))
 
     def _run(self, texts: list[str], prefix: str, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
-        from ._ort import length_batches
+        from ._ort import encode_ids
 
         assert self._tok is not None
-        rows = self._tok.ids([prefix + t for t in texts])
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        spans = length_batches(lengths[order], int(batch_size))
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            spans = tqdm(spans, desc=self.spec, unit="batch")
-        session, pad = self._session_here(), int(self._meta["pad_id"])
-        for a, b in spans:
-            idx = order[a:b]
-            width = int(lengths[idx].max())
-            ids = np.full((len(idx), width), pad, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for r, i in enumerate(idx):
-                ids[r, :lengths[i]] = rows[i]
-                mask[r, :lengths[i]] = 1
-            out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return out
+        return encode_ids(self._session_here(), self._tok.ids([prefix + t for t in texts]), self.dim,
+                          int(self._meta["pad_id"]), batch_size, show_progress=show_progress, desc=self.spec)
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, 384)`` float32 matrix of unit rows."""

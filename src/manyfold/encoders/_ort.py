@@ -108,6 +108,46 @@ def ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def session_for_thread(sessions: dict[int, Any], lock: threading.Lock, make: Any) -> Any:
+    """The session in ``sessions`` (keyed by niceness) for the calling thread's priority, made by ``make()`` on
+    first use: a thread that runs at a lower priority (the server's worker for large requests) gets a session of
+    its own whose pool threads share that priority, instead of running its work on the pool of a
+    normal-priority thread."""
+    nice = _thread_nice()
+    found = sessions.get(nice)
+    if found is None:
+        with lock:
+            if nice not in sessions:
+                sessions[nice] = make()
+            found = sessions[nice]
+    return found
+
+
+def encode_ids(session: Any, ids: Sequence[Sequence[int]], dim: int, pad: int, batch_size: int, *,
+               show_progress: bool = False, desc: str = "") -> np.ndarray:
+    """Token-id rows through an encoder graph (``input_ids`` and ``attention_mask`` in, pooled vectors out) in
+    batches of like lengths (:func:`length_batches`: each padded to its own longest row); the vectors in the
+    rows' order."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(lengths, kind="stable")  # batches of like lengths: little padding
+    out = np.empty((len(ids), int(dim)), dtype=np.float32)
+    spans = length_batches(lengths[order], int(batch_size))
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        spans = tqdm(spans, desc=desc, unit="batch")
+    for a, b in spans:
+        idx = order[a:b]
+        width = int(lengths[idx].max())
+        batch = np.full((len(idx), width), int(pad), dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for r, i in enumerate(idx):
+            batch[r, :lengths[i]] = ids[i]
+            mask[r, :lengths[i]] = 1
+        out[idx] = session.run(None, {"input_ids": batch, "attention_mask": mask})[0]  # pooled (+ normalised)
+    return out
+
+
 def onnx_model_dir(torch_encoder: SentenceTransformerEncoder, model_dir: Path, quantize: str) -> Path:
     """The exported model behind ``torch_encoder`` (whose weights are in ``model_dir``) at ``quantize``
     precision, exported on first use: the edge export's graph (transformer + mean pooling + L2
@@ -284,14 +324,7 @@ class OrtSentenceEncoder(TextEncoder):
         """The session for the calling thread's priority: a thread that runs at a lower priority (the server's
         worker for large requests) gets a session of its own whose pool threads share that priority, instead of
         running its work on the pool of a normal-priority thread. (Call after :meth:`_load`.)"""
-        nice = _thread_nice()
-        found = self._sessions.get(nice)
-        if found is None:
-            with self._lock:
-                if nice not in self._sessions:
-                    self._sessions[nice] = self._new_session(self._folder)
-                found = self._sessions[nice]
-        return found
+        return session_for_thread(self._sessions, self._lock, lambda: self._new_session(self._folder))
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, dim)`` float32 matrix (unit rows if ``normalize``)."""
@@ -304,23 +337,5 @@ class OrtSentenceEncoder(TextEncoder):
         session = self._session_here()
         prefix = self._st.prefix
         encs = tok.encode_batch([prefix + t for t in texts] if prefix else texts)
-        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-        order = np.argsort(lengths, kind="stable")  # batches of like lengths: little padding
-        out = np.empty((len(texts), int(meta["dim"])), dtype=np.float32)
-        spans = length_batches(lengths[order], int(batch_size))
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            spans = tqdm(spans, desc=self.spec, unit="batch")
-        pad = int(meta["pad_id"])
-        for a, b in spans:
-            idx = order[a:b]
-            width = int(lengths[idx].max())
-            ids = np.full((len(idx), width), pad, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for r, i in enumerate(idx):
-                n = int(lengths[i])
-                ids[r, :n] = encs[i].ids
-                mask[r, :n] = 1
-            out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]  # pooled (+ normalised) in the graph
-        return out
+        return encode_ids(session, [e.ids for e in encs], int(meta["dim"]), int(meta["pad_id"]), batch_size,
+                          show_progress=show_progress, desc=self.spec)
