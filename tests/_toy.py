@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from manyfold import Dataset, Split
 
@@ -88,3 +89,18 @@ class Capture:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# -- fixtures the serving tests share (a module imports them: ``from _toy import asm, ds``) ----------------------
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    """The toy data set: what conftest's ``toy_asm`` is built on."""
+    return toy_dataset()
+
+
+@pytest.fixture(scope="module")
+def asm(toy_asm):
+    """conftest's ``toy_asm`` (built once a session on :func:`toy_dataset` with ENC and GEN, copied per module)."""
+    return toy_asm

@@ -14,23 +14,13 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
 import manyfold  # noqa: E402
-from _toy import toy_dataset  # noqa: E402
+from _toy import asm, ds  # noqa: E402,F401 (fixtures)
 from fastapi.testclient import TestClient  # noqa: E402
 from manyfold.serve import ServeConfig, create_app  # noqa: E402
 from manyfold.serve._console import CONSOLE_ASSETS, CONSOLE_CSP, console_asset, json_safe  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TOKEN = "console-admin"
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return toy_dataset()
-
-
-@pytest.fixture(scope="module")
-def asm(toy_asm):
-    return toy_asm  # conftest: built once a session on toy_dataset() (= ds) with ENC and GEN, copied per module
 
 
 def _client(asm, **kw) -> TestClient:

@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from _toy import asm  # noqa: F401 (a fixture: conftest's toy_asm)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -28,11 +29,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def asm(toy_asm):
-    return toy_asm  # conftest: built once a session on toy_dataset() with ENC and GEN, copied per module
 
 
 class GatedEncoder:

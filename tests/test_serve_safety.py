@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from _toy import toy_dataset
+from _toy import asm, ds  # noqa: F401 (fixtures)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -26,16 +26,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return toy_dataset()
-
-
-@pytest.fixture(scope="module")
-def asm(toy_asm):
-    return toy_asm  # conftest: built once a session on toy_dataset() (= ds) with ENC and GEN, copied per module
 
 
 def _wait_ready(c: TestClient) -> dict:
