@@ -238,8 +238,8 @@ async def drive(base: str, texts: list[str], n: int, concurrency: int, limit: fl
                         pred = body["predictions"][0]
                         way = "escalated" if pred["escalated"] else "experts"
                         if pred.get("degraded"):
-                            degraded[str(pred.get("reason", "")).split(":", 1)[0]] = \
-                                degraded.get(str(pred.get("reason", "")).split(":", 1)[0], 0) + 1
+                            why = str(pred.get("reason", "")).split(":", 1)[0]
+                            degraded[why] = degraded.get(why, 0) + 1
                 except OSError as exc:
                     lat.append(time.perf_counter() - t0)
                     code = type(exc).__name__

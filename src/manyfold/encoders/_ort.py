@@ -138,14 +138,21 @@ def encode_ids(session: Any, ids: Sequence[Sequence[int]], dim: int, pad: int, b
         spans = tqdm(spans, desc=desc, unit="batch")
     for a, b in spans:
         idx = order[a:b]
-        width = int(lengths[idx].max())
-        batch = np.full((len(idx), width), int(pad), dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        for r, i in enumerate(idx):
-            batch[r, :lengths[i]] = ids[i]
-            mask[r, :lengths[i]] = 1
+        batch, mask = padded([ids[i] for i in idx], pad)
         out[idx] = session.run(None, {"input_ids": batch, "attention_mask": mask})[0]  # pooled (+ normalised)
     return out
+
+
+def padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id rows as an int64 ``input_ids`` matrix padded with ``pad`` to the longest row, and its
+    ``attention_mask``."""
+    width = max(map(len, rows))
+    batch = np.full((len(rows), width), int(pad), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        batch[r, :len(row)] = row
+        mask[r, :len(row)] = 1
+    return batch, mask
 
 
 def onnx_model_dir(torch_encoder: SentenceTransformerEncoder, model_dir: Path, quantize: str) -> Path:
