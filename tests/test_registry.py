@@ -28,6 +28,35 @@ def test_round_trip_gives_identical_predictions(tiny_asm, tiny_ds, tmp_path):
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_generalist_whose_encoder_now_builds_another_model_is_refused(tiny_asm, tmp_path, monkeypatch):
+    """The generalist's head fits the vectors of the model it was trained on: a spec that now builds another
+    version of the model (a new recipe, another id) must not silently feed it other vectors."""
+    import manyfold.encoders as encoders
+
+    reg = Registry(tmp_path)
+    reg.save(tiny_asm, "tiny")
+    real = encoders.get_encoder
+
+    class Renamed:
+        def __init__(self, enc):
+            self._enc = enc
+
+        def __getattr__(self, name):
+            return getattr(self._enc, name)
+
+        @property
+        def id(self):
+            return self._enc.id + "-r99"
+
+    monkeypatch.setattr(encoders, "get_encoder",
+                        lambda spec, *a, **k: Renamed(real(spec)) if spec == "hashing:dim=1024" else real(spec, *a, **k))
+    with pytest.raises(ArtifactError, match=r"generalist was trained on encoder '.*', but its spec 'hashing:dim=1024' "
+                                            r"builds '.*-r99'.*train the assembly again"):
+        reg.load("tiny")
+    monkeypatch.setattr(encoders, "get_encoder", real)
+    assert reg.load("tiny").generalist.encoder_id_ == tiny_asm.generalist.encoder_id_
+
+
 def test_new_version_after_adding_an_expert_shares_the_other_files(tiny_ds, tiny_asm_nine, tmp_path):
     doms = tiny_ds.domains
     asm = tiny_asm_nine  # conftest: hashing:dim=256, generalist hashing:dim=512, domains doms[:9]; a fresh copy

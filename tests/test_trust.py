@@ -187,8 +187,10 @@ def test_encoder_spec_that_is_not_built_in_needs_opt_in(toy_asm, tmp_path, monke
     state = reg.root / "objects" / reg.manifest("e")["generalist"]["ref"] / "state.json"
     good_state = state.read_bytes()
 
-    def edit(m: dict) -> None:  # the generalist's own encoder: a local folder of the editor's choice
-        _rewrite_state(reg, m["generalist"], lambda s: s["params"].update(encoder=str(model_dir)))
+    def edit(m: dict) -> None:  # the generalist's own encoder: a local folder of the editor's choice (and its id)
+        local = manyfold.get_encoder(str(model_dir))  # built lazily: nothing is read by making it
+        _rewrite_state(reg, m["generalist"], lambda s: (s["params"].update(encoder=str(model_dir)),
+                                                        s.update(encoder_id=local.id)))
     _edit_manifest(reg, "e", edit)
     with pytest.raises(manyfold.TrustError, match="generalist's encoder"):
         reg.load("e")

@@ -64,12 +64,14 @@ def _flat_row(name: str, labels: np.ndarray, scores: Callable[[np.ndarray], tupl
 
 def demo_key(enc_spec: str, gen_spec: str | None, config: AssemblyConfig) -> str:
     """What a demo assembly was trained from: CLINC150 (its files are pinned by checksum), the two encoder
-    specs, the settings and this manyfold's version. A saved demo assembly with the same key is what a new
-    training run would give, so a later demo loads it instead of training it again."""
+    specs and the ids of the models they build (a new recipe of a model changes its id), the settings and
+    this manyfold's version. A saved demo assembly with the same key is what a new training run would give,
+    so a later demo loads it instead of training it again."""
     from . import __version__
 
+    ids = [get_encoder(sp).id if sp else None for sp in (enc_spec, gen_spec)]
     what = {"dataset": "clinc150", "encoder": enc_spec, "generalist": gen_spec, "config": config.to_dict(),
-            "manyfold": __version__}
+            "encoder_ids": ids, "manyfold": __version__}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -254,6 +254,11 @@ class Registry:
         enc = encoder if encoder is not None else get_encoder(m["encoder"]["spec"])
         if enc.id != m["encoder"]["id"]:
             raise ArtifactError(f"assembly {name!r} was built with encoder {m['encoder']['id']!r}, got {enc.id!r}")
+        trained_on = getattr(gen, "encoder_id_", None)
+        if trained_on is not None and isinstance(gen.encoder, str) and (now := get_encoder(gen.encoder).id) != trained_on:
+            raise ArtifactError(f"assembly {name!r}: its generalist was trained on encoder {trained_on!r}, but its "
+                                f"spec {gen.encoder!r} builds {now!r} with this manyfold (another version of the "
+                                "model): train the assembly again")
         if cache and encoder is None:
             enc = cached_encoder(enc)
             if gen is not None and hasattr(gen, "encoder"):

