@@ -1,4 +1,5 @@
-"""A toy labelled text set (each label has words of its own) and a loopback HTTP server that records what it is sent.
+"""A toy labelled text set (each label has words of its own), a loopback HTTP server that records what it is sent,
+and the helpers the serving tests share: polling with a deadline, an app under uvicorn in a thread.
 
 No shared data, no model: a hashing encoder separates the labels, so an assembly builds in a second or two.
 """
@@ -7,13 +8,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
 from manyfold import Dataset, Split
+
+T = TypeVar("T")
 
 ENC, GEN = "hashing:dim=64", "hashing:dim=128"
 DOMAINS = ("alpha", "beta", "gamma")
@@ -89,6 +96,50 @@ class Capture:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# -- waiting for a server -----------------------------------------------------------------------------------------
+
+
+def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    """Call ``check()`` until it returns something truthy, and return that; an AssertionError naming ``what``
+    (and the last value) once ``timeout`` seconds have passed."""
+    end = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() >= end:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {got!r})")
+        time.sleep(interval)
+
+
+def answers_ready(base: str) -> bool:
+    """Whether ``GET {base}/readyz`` answers 200 now (a refused connection or a timeout: not yet)."""
+    import httpx
+
+    try:
+        return httpx.get(base + "/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def uvicorn_in_thread(app: Any, **options: Any) -> Iterator[tuple[Any, int]]:
+    """``app`` under uvicorn on a free loopback port, in a thread, until the block ends; yields ``(server, port)``
+    once it listens. ``options`` go to ``uvicorn.Config`` (defaults: errors logged only, lifespan on)."""
+    uvicorn = pytest.importorskip("uvicorn")
+    server = uvicorn.Server(uvicorn.Config(app, **{"host": "127.0.0.1", "port": 0, "log_level": "error",
+                                                   "lifespan": "on", **options}))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: server.started or not t.is_alive(), timeout=10, what="uvicorn listening")
+        assert server.started, "uvicorn stopped before it listened (see the log above)"
+        yield server, server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        t.join(10)
 
 
 # -- fixtures the serving tests share (a module imports them: ``from _toy import asm, ds``) ----------------------

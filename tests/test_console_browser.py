@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,12 +39,6 @@ def _unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
         pytest.fail(f"{reason}; CI must run the browser tests (.ci/run installs chromium and playwright)", pytrace=False)
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +63,6 @@ def toy():
 def server(toy, tmp_path_factory: pytest.TempPathFactory):
     """uvicorn on a free loopback port serving registry version 1 of the toy assembly (versions 1 and 2 saved, the
     dataset given so that experts can be added and removed)."""
-    uvicorn = pytest.importorskip("uvicorn")
     import manyfold
     from manyfold.serve import ServeConfig, create_app
 
@@ -81,33 +72,19 @@ def server(toy, tmp_path_factory: pytest.TempPathFactory):
     reg.save(asm, "toy", note="first")
     reg.save(asm, "toy", note="second")
     app = create_app(ServeConfig(assembly="toy", version=1, registry_root=str(root), dataset=ds, admin_token=TOKEN))
-    with _serving(uvicorn, app) as base:
+    with _serving(app) as base:
         yield base
 
 
 @contextmanager
-def _serving(uvicorn, app):
+def _serving(app):
     """``app`` under uvicorn on a free loopback port, until the block ends; yields its base URL once ready."""
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        raise TimeoutError("the server was not ready within 60 s")
-    try:
+    from _toy import answers_ready, uvicorn_in_thread, wait_until
+
+    with uvicorn_in_thread(app, log_level="warning", access_log=False) as (_, port):
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers_ready(base), timeout=60, interval=0.1, what=f"{base}/readyz answering 200")
         yield base
-    finally:
-        srv.should_exit = True
-        t.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +161,6 @@ def test_playground_image_upload(page, tmp_path, shots):
     """An image assembly (the 8x8-pixel one of test_serve_images): the playground takes a file instead of a text
     and answers what a multipart upload to /v1/predict answers."""
     pytest.importorskip("PIL.Image")
-    uvicorn = pytest.importorskip("uvicorn")
     import numpy as np
     from manyfold.serve import ServeConfig, create_app
     import manyfold
@@ -193,7 +169,7 @@ def test_playground_image_upload(page, tmp_path, shots):
     experts = [manyfold.HeadExpert("rows"), manyfold.HeadExpert("cols")]
     img_asm = manyfold.Assembly(TinyPixels(), manyfold.LinearRouter(), experts).fit(*data(10, 0), *data(4, 1),
                                                                                     label_to_expert=LABELS)
-    with _serving(uvicorn, create_app(ServeConfig(assembly=img_asm))) as base:
+    with _serving(create_app(ServeConfig(assembly=img_asm))) as base:
         page.goto(f"{base}/ui#playground")
         page.wait_for_selector("#image-row", state="visible")
         assert page.is_hidden("#text-row")

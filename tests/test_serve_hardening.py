@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from _toy import asm  # noqa: F401 (a fixture: conftest's toy_asm)
+from _toy import asm, uvicorn_in_thread  # noqa: F401 (asm: a fixture, conftest's toy_asm)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -307,21 +307,6 @@ def test_a_body_that_does_not_arrive_in_time_is_408_and_closes(asm):
     assert took < 2
 
 
-def _server(app, config, keep_alive_s=5.0):
-    uvicorn = pytest.importorskip("uvicorn")
-    from manyfold.serve._main import uvicorn_options
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on",
-                                           **uvicorn_options(app, config, keep_alive_s)))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    for _ in range(250):
-        if server.started:
-            break
-        time.sleep(0.02)
-    return server, t, server.servers[0].sockets[0].getsockname()[1]
-
-
 def _read_all(s: socket.socket, limit: float = 5.0) -> bytes:
     s.settimeout(limit)
     data = b""
@@ -350,8 +335,9 @@ def _get_on(s: socket.socket) -> int:
 def test_slow_headers_time_out_and_connections_are_capped_on_a_real_socket(asm):
     cfg = ServeConfig(assembly=asm, header_timeout_s=0.25, body_timeout_s=0.25, max_connections=3)
     app = create_app(cfg)
-    server, t, port = _server(app, cfg)
-    try:
+    from manyfold.serve._main import uvicorn_options
+
+    with uvicorn_in_thread(app, **uvicorn_options(app, cfg, 5.0)) as (_, port):
         # the cap: three open connections, a fourth is answered 503 and closed at once
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
         time.sleep(0.05)
@@ -387,9 +373,6 @@ def test_slow_headers_time_out_and_connections_are_capped_on_a_real_socket(asm):
         m = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert _metric(m, "manyfold_rejected_requests_total", reason="connections") == 1
         assert _metric(m, "manyfold_rejected_requests_total", reason="header_timeout") == 2
-    finally:
-        server.should_exit = True
-        t.join(10)
 
 
 # -- defect 4: the version of the snapshot a batch ran on --------------------------------------------------------

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
 from _data import missing
+from _toy import answers_ready, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -54,13 +54,7 @@ def test_ray_serve_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_ray_app(ServeConfig(assembly="tiny"), expert_replicas=1), name="manyfold", route_prefix="/")
         base = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_until(lambda: answers_ready(base), timeout=120, interval=1, what=f"{base}/readyz answering 200")
         r = httpx.post(base + "/v1/predict", json={"items": texts}, timeout=60)
         assert r.status_code == 200, r.text
         got = [p["label"] for p in r.json()["predictions"]]

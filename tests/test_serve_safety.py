@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
 
 import pytest
-from _toy import asm, ds  # noqa: F401 (fixtures)
+from _toy import asm, ds, uvicorn_in_thread, wait_until  # noqa: F401 (asm, ds: fixtures)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -29,12 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _wait_ready(c: TestClient) -> dict:
-    for _ in range(100):
-        r = c.get("/readyz")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.05)
-    raise AssertionError(f"not ready: {r.json()}")
+    return wait_until(lambda: (r := c.get("/readyz")).status_code == 200 and r.json(), timeout=5,
+                      what="the server ready")
 
 
 # -- defect 6: reloading a corrupt version ------------------------------------------------------------
@@ -77,11 +71,8 @@ def test_reloading_a_corrupt_or_untrusted_version_is_a_4xx_and_the_old_one_keeps
             assert p.status_code == 200 and p.json()["version"] == 1
         r = c.post("/v1/admin/reload", json={"version": 2}, headers=AUTH)  # in the background: failed, still v1
         assert r.status_code == 202
-        for _ in range(100):
-            state = c.get("/readyz").json()
-            if state["reload"]["state"] == "failed":
-                break
-            time.sleep(0.05)
+        state = wait_until(lambda: (st := c.get("/readyz").json())["reload"]["state"] == "failed" and st, timeout=5,
+                           what="the reload failed")
         assert state["version"] == 1 and "checksum mismatch" in state["reload"]["error"]
         assert "status=\"500\"" not in c.get("/metrics").text
 
@@ -148,23 +139,10 @@ def _raw_get(port: int, host: str) -> int:
 
 def test_a_real_server_refuses_a_rebound_host_name(asm):
     """On a socket (uvicorn): a page whose name now resolves to 127.0.0.1 gets 400; the address itself is fine."""
-    uvicorn = pytest.importorskip("uvicorn")
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(assembly=asm)), host="127.0.0.1", port=0,
-                                           log_level="error", lifespan="on"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with uvicorn_in_thread(create_app(ServeConfig(assembly=asm))) as (_, port):
         assert _raw_get(port, f"127.0.0.1:{port}") == 200
         assert _raw_get(port, f"localhost:{port}") == 200
         assert _raw_get(port, f"rebound.attacker.example:{port}") == 400
-    finally:
-        server.should_exit = True
-        t.join(10)
 
 
 def test_serve_main_adds_the_bound_host_and_decides_trust(monkeypatch):
