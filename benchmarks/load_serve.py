@@ -308,6 +308,18 @@ def generalist_calls(before: dict[str, Any], after: dict[str, Any]) -> dict[str,
             "slowest_seconds_at_most": bound("gen_time_buckets", 1.0)}
 
 
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU seconds (user + system, every thread) that process ``pid`` has used so far (None: this process);
+    None where ``/proc`` cannot tell."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching: bool, swap: bool,
                      rate: float | None = None, generalist_stage: bool = True, hostile: bool | None = None,
                      alone: list[str] | None = None) -> dict[str, Any]:
@@ -337,11 +349,16 @@ def run_server_phase(args: argparse.Namespace, texts: list[str], micro_batching:
                 out.append({**got, "seconds": round(time.perf_counter() - t0, 2)})
             return out
 
+        cpu0, gen0, t_cpu = cpu_seconds(proc.pid), cpu_seconds(), time.perf_counter()
         if hostile:
             res = asyncio.run(with_hostile_mix(args, base, texts, rate))
         else:
             res = asyncio.run(drive(base, texts, args.requests, args.concurrency, args.time_limit,
                                     reloads if swap else None, rate=rate))
+        cpu1, gen1, wall = cpu_seconds(proc.pid), cpu_seconds(), time.perf_counter() - t_cpu
+        if cpu0 is not None and cpu1 is not None:  # how busy the cores were while it was measured
+            res["cpu"] = {"server_cores": round((cpu1 - cpu0) / wall, 2),
+                          "load_generator_cores": round((gen1 - gen0) / wall, 2), "cores": os.cpu_count()}
         after = server_batches(base)
         n = after["batches"] - before["batches"]
         res["server_mean_batch_items"] = round(n and (after["mean_batch_items"] * after["batches"]
@@ -654,6 +671,12 @@ def write(args: argparse.Namespace, result: dict[str, Any]) -> None:
         rows.append(f"| {k} | {load} | {r['requests']} | {r['ok']} | {r['failed']} | {r['throughput_rps']} | {share} | "
                     f"{r['p50_ms']} | {r.get('p90_ms', '')} | {r['p99_ms']} | {path['experts']} | {path['escalated']} | "
                     f"{r.get('server_mean_batch_items', '')} |")
+    busy = [f"- {k}: the server used {c['server_cores']} of {c['cores']} cores on average, the load generator "
+            f"{c['load_generator_cores']} (together {(c['server_cores'] + c['load_generator_cores']) / c['cores']:.0%} "
+            "of the machine)" for k, r in result["phases"].items() if (c := r.get("cpu"))]
+    if busy:
+        rows += ["", "CPU while each run was measured (process CPU time over the run's wall time; "
+                 "the hostile mix's own process is not counted):", "", *busy]
     md = [f"# manyfold serve: load benchmark ({result['assembly']})", "",
           f"- command: `{result['command']}`", f"- date: {result['date']}",
           f"- machine: {result['machine']['cpu']} ({result['machine']['cpus']} CPUs), {result['machine']['platform']}",
