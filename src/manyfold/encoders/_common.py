@@ -16,7 +16,7 @@ import numpy as np
 from .._exceptions import ConfigError, InputError
 
 __all__ = [
-    "TextEncoder", "check_texts", "validate_texts", "validate_with",
+    "TextEncoder", "check_texts", "check_encode_args", "validate_texts", "validate_with",
     "empty_matrix", "format_options", "parse_options", "parse_bool", "parse_int",
 ]
 
@@ -44,6 +44,15 @@ def check_texts(items: Sequence[Any], encoder_name: str) -> list[str]:
     validation (:func:`validate_texts`) refuses them.
     """
     return _as_texts(items, f"{encoder_name}.encode")
+
+
+def check_encode_args(items: Sequence[Any], batch_size: int, encoder_name: str) -> list[str]:
+    """A text encoder's ``encode`` arguments checked: ``items`` as :func:`check_texts` gives them, and
+    :class:`ConfigError` for a ``batch_size`` below 1."""
+    texts = check_texts(items, encoder_name)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+    return texts
 
 
 def validate_texts(items: Any, *, max_chars: int | None = None, encoder_name: str = "this text encoder") -> list[str]:

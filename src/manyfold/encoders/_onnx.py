@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .._exceptions import ArtifactError, ConfigError, missing_dependency
-from ._common import TextEncoder, check_texts, empty_matrix
+from .._exceptions import ArtifactError, missing_dependency
+from ._common import TextEncoder, check_encode_args, empty_matrix
 from ._models import minilm_model_path
 
 __all__ = ["OnnxMiniLMEncoder"]
@@ -81,9 +81,7 @@ class OnnxMiniLMEncoder(TextEncoder):
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, 384)`` float32 matrix of unit rows."""
-        texts = check_texts(items, "OnnxMiniLMEncoder")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+        texts = check_encode_args(items, batch_size, "OnnxMiniLMEncoder")
         if not texts:
             return empty_matrix(self.dim)
         session, tok = self._load()

@@ -35,7 +35,7 @@ import numpy as np
 
 from .._exceptions import ArtifactError, ConfigError, missing_dependency
 from .._io import atomic_dir, atomic_write_bytes, atomic_write_json, manyfold_home
-from ._common import TextEncoder, check_texts, empty_matrix, format_options
+from ._common import TextEncoder, check_encode_args, empty_matrix, format_options
 from ._sentence_transformers import SentenceTransformerEncoder
 
 __all__ = ["OrtSentenceEncoder", "RUNTIMES", "QUANTIZE"]
@@ -335,9 +335,7 @@ class OrtSentenceEncoder(TextEncoder):
 
     def encode(self, items: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         """Encode strings into an ``(n, dim)`` float32 matrix (unit rows if ``normalize``)."""
-        texts = check_texts(items, "OrtSentenceEncoder")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+        texts = check_encode_args(items, batch_size, "OrtSentenceEncoder")
         if not texts:
             return empty_matrix(self.dim)
         _, tok, meta = self._load()

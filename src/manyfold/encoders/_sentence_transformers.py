@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import ConfigError, missing_dependency
-from ._common import TextEncoder, check_texts, empty_matrix, format_options
+from ._common import TextEncoder, check_encode_args, empty_matrix, format_options
 from ._models import ALIAS_DIMS, minilm_model_path, mpnet_model_path
 
 __all__ = ["SentenceTransformerEncoder", "ST_ALIASES"]
@@ -150,9 +150,7 @@ class SentenceTransformerEncoder(TextEncoder):
         An empty list gives ``(0, dim)`` (without loading the model for aliases);
         a non-``str`` item raises :class:`InputError` naming its index.
         """
-        texts = check_texts(items, "SentenceTransformerEncoder")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+        texts = check_encode_args(items, batch_size, "SentenceTransformerEncoder")
         if not texts:
             return empty_matrix(self.dim)
         model = self._load()
